@@ -1,0 +1,68 @@
+"""The CuPy backend: the same operation rules on CUDA device arrays."""
+
+from __future__ import annotations
+
+from gpuflow.backends.base import Backend, BackendUnavailableError
+
+INSTALL_HINT = (
+    "install CuPy for your CUDA version with the gpuflow extra: "
+    "pip install 'gpuflow[cuda12]' or pip install 'gpuflow[cuda13]'"
+)
+
+
+def import_cupy():
+    """Import CuPy and check for a CUDA device, raising BackendUnavailableError otherwise."""
+    try:
+        import cupy
+    except ImportError as error:
+        raise BackendUnavailableError(
+            f"the cupy backend needs CuPy, which failed to import ({error}); {INSTALL_HINT}"
+        ) from error
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # CuPy raises CUDARuntimeError without a driver.
+        raise BackendUnavailableError(
+            f"the cupy backend found no usable CUDA device ({error}); "
+            "run on a machine with an NVIDIA GPU and driver, or choose backend='numpy'"
+        ) from error
+    if count == 0:
+        raise BackendUnavailableError(
+            "the cupy backend found no CUDA device; "
+            "run on a machine with an NVIDIA GPU, or choose backend='numpy'"
+        )
+    return cupy
+
+
+class CuPyBackend(Backend):
+    """CuPy arrays on the current CUDA device, allocated through CuPy's memory pool."""
+
+    name = "cupy"
+    native_indexing = True
+
+    def __init__(self):
+        cupy = import_cupy()
+        self._cupy = cupy
+        super().__init__(cupy, "cupy")
+
+    def is_array(self, value) -> bool:
+        return isinstance(value, self._cupy.ndarray)
+
+    def from_numpy(self, array):
+        return self._cupy.asarray(array)
+
+    def to_numpy(self, array):
+        return self._cupy.asnumpy(array)
+
+    def copy(self, array):
+        return self._cupy.array(array, copy=True)
+
+    def index_add(self, shape, dtype, key, values):
+        result = self._cupy.zeros(shape, dtype=dtype)
+        self._cupy.add.at(result, key, values)
+        return result
+
+    def errstate(self):
+        return self._cupy.errstate(all="ignore")
+
+    def synchronize(self) -> None:
+        self._cupy.cuda.get_current_stream().synchronize()

@@ -1,0 +1,1 @@
+"""The ``gpuflow`` command: a safe expression parser and the subcommands."""

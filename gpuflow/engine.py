@@ -1,0 +1,209 @@
+"""The backward pass: reverse topological order, a seed, and the adding of gradients that meet.
+
+Starting from a seed at the output (ones by default, which gives the gradient
+of the sum), the engine visits every recorded node after all of its consumers,
+asks the node's rule for the gradient of each input, sums that gradient back
+to the input's shape when the forward pass broadcast it, casts it to the
+input's dtype, and adds it to what earlier paths gave that input. The walk is
+iterative, so the depth of a graph is limited only by memory.
+"""
+
+from __future__ import annotations
+
+from gpuflow.graph import reachable, topological_order
+from gpuflow.tensor import Ones, Tensor, _plain, state
+
+
+class GraphFreedError(RuntimeError):
+    """Raised by a second backward pass through a graph whose cached values were freed."""
+
+
+def _ops():
+    import gpuflow.ops as ops
+
+    return ops
+
+
+def fit_to_input(g, shape, dtype):
+    """Sum a gradient over the axes its input was broadcast along, then cast it to ``dtype``."""
+    ops = _ops()
+    if isinstance(g, Ones) and g.dtype != dtype:
+        g = Ones(g.shape, dtype, g.backend)
+    g_shape = tuple(g.shape)
+    if g_shape != shape:
+        extra = len(g_shape) - len(shape)
+        if extra > 0:
+            g = ops.sum(g, axis=tuple(range(extra)))
+            g_shape = g_shape[extra:]
+        stretched = tuple(
+            i for i, extent in enumerate(shape) if extent == 1 and g_shape[i] != 1
+        )
+        if stretched:
+            g = ops.sum(g, axis=stretched, keepdims=True)
+        if tuple(g.shape) != shape:
+            g = ops.broadcast_to(g, shape)
+    if g.dtype != dtype:
+        g = ops.astype(g, dtype)
+    return g
+
+
+def run_backward(roots, seeds, targets=None, retain_graph=False, create_graph=False):
+    """Propagate ``seeds`` from ``roots`` back through the graph and return gradients by ``id``.
+
+    A seed of None stands for ones of the root's shape. With ``targets`` (a list
+    of Tensors) only the paths that reach a target are
+    followed and the walk stops at the targets. Without it every leaf that
+    requires a gradient is a target. In a first-order pass (``create_graph``
+    false) the gradients are plain arrays; otherwise they are Tensors recorded
+    in a new graph.
+    """
+    leaves, computed = reachable(roots)
+    leaf_ids = {id(leaf) for leaf in leaves}
+    useful = None
+    if targets is None:
+        target_ids = leaf_ids
+    else:
+        target_ids = {id(t) for t in targets}
+        # Paths need pruning only when the graph reaches a leaf that is not a target.
+        if not leaf_ids <= target_ids:
+            useful = _leads_to(leaves + computed, target_ids)
+
+    backend = roots[0].backend
+    grads = {}
+    for root, seed in zip(roots, seeds):
+        if not root.requires_grad:
+            continue
+        if seed is None:
+            ones = backend.ones(root.shape, dtype=root.dtype)
+            seed = Tensor._wrap(ones, backend) if create_graph else Ones(
+                root.shape, root.dtype, backend
+            )
+        grads[id(root)] = seed if create_graph else _raw(seed)
+
+    found = {}
+    for key in target_ids & grads.keys():
+        found[key] = grads.pop(key)
+    # A recorded backward pass refers to the forward nodes, so it keeps them.
+    free = not (retain_graph or create_graph)
+    saved_state = (state.recording, state.raw_backend)
+    if create_graph:
+        state.recording, state.raw_backend = True, None
+    else:
+        state.raw_backend = backend
+    try:
+        with backend.errstate():
+            _walk(computed, grads, found, target_ids, useful, create_graph, free)
+    finally:
+        state.recording, state.raw_backend = saved_state
+    for key in target_ids & grads.keys():
+        found[key] = grads.pop(key)
+    for key, g in found.items():
+        if isinstance(g, Ones):
+            found[key] = backend.ones(g.shape, dtype=g.dtype)
+    return found
+
+
+def _walk(computed, grads, found, target_ids, useful, create_graph, free):
+    """Visit the computed tensors from last to first, propagating each one's gradient."""
+    for tensor in reversed(computed):
+        g = grads.pop(id(tensor), None)
+        if g is None:
+            continue
+        if id(tensor) in target_ids:
+            found[id(tensor)] = g
+            continue
+        node = tensor.node
+        if node.freed:
+            raise GraphFreedError(
+                f"backward through the {node.op.name!r} node a second time: its cached "
+                "values were freed after the first backward pass; pass retain_graph=True "
+                "to the first call to run backward more than once"
+            )
+        _propagate(tensor, node, g, grads, useful, create_graph)
+        if free:
+            node.free()
+
+
+def _raw(value):
+    return value.data if isinstance(value, Tensor) else value
+
+
+def _leads_to(order, target_ids):
+    """Return the ids of tensors with a path to a target (inputs come first in ``order``)."""
+    useful = set()
+    for tensor in order:
+        if id(tensor) in target_ids:
+            useful.add(id(tensor))
+        elif tensor.node is not None and any(id(p) in useful for p in tensor.node.inputs):
+            useful.add(id(tensor))
+    return useful
+
+
+def _propagate(tensor, node, g, grads, useful, create_graph):
+    op = node.op
+    inputs = node.inputs
+    params = node.params
+    if type(g) is Ones and not op.symbolic_ones:
+        g = g.materialize()
+    if create_graph:
+        input_grads = op.vjp(g, tensor, *inputs, **params)
+    elif node.cache is not None:
+        input_grads = op.vjp_cached(g, node.cache, **params)
+    else:
+        input_grads = op.vjp(g, tensor.data, *[parent.data for parent in inputs], **params)
+    if type(input_grads) is not tuple:
+        input_grads = tuple(input_grads) if isinstance(input_grads, list) else (input_grads,)
+    if len(input_grads) != len(inputs):
+        raise ValueError(
+            f"the gradient rule of {op.name!r} returned {len(input_grads)} gradients for "
+            f"{len(inputs)} inputs; return one per input, None where there is none"
+        )
+
+    for parent, parent_grad in zip(inputs, input_grads):
+        if parent_grad is None or not parent.requires_grad:
+            continue
+        key = id(parent)
+        if useful is not None and key not in useful:
+            continue
+        data = parent.data
+        if parent_grad.shape != data.shape or parent_grad.dtype != data.dtype:
+            parent_grad = fit_to_input(parent_grad, tuple(data.shape), data.dtype)
+        previous = grads.get(key)
+        if previous is None:
+            grads[key] = parent_grad
+        else:
+            grads[key] = _plain(previous) + _plain(parent_grad)
+
+
+def _seed_for(output, gradient):
+    backend = output.backend
+    if gradient is None:
+        return None
+    if not isinstance(gradient, Tensor):
+        gradient = Tensor(gradient, backend=backend)
+    if gradient.shape != output.shape:
+        raise ValueError(
+            f"backward: the seed gradient has shape {gradient.shape} but the output has shape "
+            f"{output.shape}; pass a gradient of the output's shape"
+        )
+    return gradient
+
+
+def backward_into_leaves(output, gradient=None, retain_graph=False, create_graph=False):
+    """Run the backward pass from ``output`` and add the gradients to each leaf's ``.grad``."""
+    if not output.requires_grad:
+        raise RuntimeError(
+            "backward: the output does not depend on any Tensor with requires_grad=True, so "
+            "there is nothing to differentiate; create the inputs with requires_grad=True"
+        )
+    seed = _seed_for(output, gradient)
+    leaves = {id(leaf): leaf for leaf in reachable([output])[0]}
+    found = run_backward([output], [seed], None, retain_graph, create_graph)
+    for key, g in found.items():
+        leaf = leaves[key]
+        if not isinstance(g, Tensor):
+            g = Tensor._wrap(leaf.backend.asarray(g), leaf.backend)
+        leaf.grad = g if leaf.grad is None else leaf.grad + g
+        if not create_graph and leaf.grad.requires_grad:
+            leaf.grad = leaf.grad.detach()
+

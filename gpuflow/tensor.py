@@ -1,0 +1,557 @@
+"""The eager Tensor and the function that applies an operation and records it in the graph."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+from gpuflow import backends
+from gpuflow.graph import Node
+
+
+class _State(threading.local):
+    """Per-thread engine state: whether to record, and the backend of a first-order backward pass."""
+
+    def __init__(self):
+        self.recording = True
+        # Set while a first-order backward pass runs: operations then take and
+        # return plain backend arrays and record nothing, which keeps the
+        # per-operation cost low for small arrays.
+        self.raw_backend = None
+
+
+state = _State()
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Stop recording operations inside the block; results do not require a gradient."""
+    previous = state.recording
+    state.recording = False
+    try:
+        yield
+    finally:
+        state.recording = previous
+
+
+@contextlib.contextmanager
+def enable_grad():
+    """Record operations inside the block, also within ``no_grad``."""
+    previous = state.recording
+    state.recording = True
+    try:
+        yield
+    finally:
+        state.recording = previous
+
+
+@contextlib.contextmanager
+def raw_mode(backend):
+    """Run operations on plain arrays of ``backend`` without recording them."""
+    previous = state.raw_backend
+    state.raw_backend = backend
+    try:
+        yield
+    finally:
+        state.raw_backend = previous
+
+
+_floating_cache: dict = {}
+
+
+def is_floating(backend, dtype) -> bool:
+    """Return whether ``dtype`` is a real floating-point dtype of ``backend``."""
+    key = (backend.name, dtype)
+    result = _floating_cache.get(key)
+    if result is None:
+        result = _floating_cache[key] = bool(backend.isdtype(dtype, "real floating"))
+    return result
+
+
+def _scalar_dtype(backend, value, reference_dtype):
+    """Pick the dtype a Python number takes beside an array of ``reference_dtype``.
+
+    Python numbers are weak, as in NumPy 2 and the Array API standard: a float
+    beside a float32 array becomes float32, and an int beside any numeric array
+    takes that array's dtype. A float beside an integer array becomes float64.
+    """
+    if isinstance(value, bool):
+        return reference_dtype if reference_dtype is not None else backend.bool
+    if reference_dtype is None:
+        if isinstance(value, int):
+            return backend.int64
+        return backend.float64
+    if isinstance(value, int):
+        return reference_dtype
+    if isinstance(value, float) and is_floating(backend, reference_dtype):
+        return reference_dtype
+    if isinstance(value, complex):
+        return backend.complex128
+    return backend.float64
+
+
+def scalar_to_array(backend, value, reference_dtype):
+    """Convert a Python number to a 0-d array of the dtype it takes beside ``reference_dtype``."""
+    return backend.asarray(value, dtype=_scalar_dtype(backend, value, reference_dtype))
+
+
+class Tensor:
+    """An array of some backend that records the operations applied to it.
+
+    Create leaves with ``Tensor(data, requires_grad=True)``; the Tensor keeps
+    its own copy of ``data``, so later writes to the original array cannot
+    change a gradient. Operators and ``gpuflow`` functions on Tensors build the
+    graph as they run, and ``backward()`` fills ``.grad`` on the leaves that
+    require a gradient. Tensors are immutable: there are no in-place
+    operations.
+    """
+
+    __slots__ = ("data", "backend", "requires_grad", "node", "grad", "name", "__weakref__")
+    __array_ufunc__ = None  # NumPy defers ``ndarray * Tensor`` to Tensor.__rmul__.
+
+    def __init__(self, data, requires_grad: bool = False, backend=None, name: str | None = None):
+        if isinstance(data, Tensor):
+            data = data.data
+        chosen = backends.get_backend(backend) if backend is not None else backends.backend_of(data)
+        if chosen is None:
+            chosen = backends.default_backend()
+        if backends.backend_of(data) is chosen:
+            array = chosen.copy(data)
+        else:
+            array = chosen.from_numpy(data)
+        self.data = array
+        self.backend = chosen
+        self.node = None
+        self.grad = None
+        self.name = name
+        self.requires_grad = False
+        if requires_grad:
+            self.requires_grad_()
+
+    @classmethod
+    def _wrap(cls, data, backend, requires_grad=False, node=None):
+        """Make a Tensor around ``data`` without copying it or checking it."""
+        tensor = cls.__new__(cls)
+        tensor.data = data
+        tensor.backend = backend
+        tensor.requires_grad = requires_grad
+        tensor.node = node
+        tensor.grad = None
+        tensor.name = None
+        return tensor
+
+    def requires_grad_(self, flag: bool = True) -> Tensor:
+        """Mark this leaf as differentiable; the dtype must be floating point."""
+        if flag and not is_floating(self.backend, self.dtype):
+            label = self.name or "tensor"
+            raise TypeError(
+                f"cannot differentiate with respect to {label} of dtype {_dtype_text(self.dtype)}: "
+                "only floating-point arrays have gradients; "
+                f"cast it first, for example {label}.astype('float32')"
+            )
+        self.requires_grad = flag
+        return self
+
+    # Array attributes.
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.data.shape)
+
+    @property
+    def size(self) -> int:
+        count = 1
+        for extent in self.data.shape:
+            count *= extent
+        return count
+
+    @property
+    def T(self) -> Tensor:
+        return _ops.transpose(self)
+
+    @property
+    def mT(self) -> Tensor:
+        return _ops.matrix_transpose(self)
+
+    def __len__(self) -> int:
+        if not self.data.shape:
+            raise TypeError("len() of a 0-d Tensor")
+        return self.data.shape[0]
+
+    def __repr__(self) -> str:
+        flags = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({self.numpy()!r}{flags}, backend={self.backend.name!r})"
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __bool__(self) -> bool:
+        return bool(self.data)
+
+    def __float__(self) -> float:
+        return float(self.data)
+
+    def __int__(self) -> int:
+        return int(self.data)
+
+    def item(self):
+        """Return the value of a one-element Tensor as a Python number."""
+        return self.numpy().item()
+
+    def numpy(self):
+        """Return the value as a NumPy array on the host (a copy for device backends)."""
+        return self.backend.to_numpy(self.data)
+
+    def __array__(self, dtype=None, copy=None):
+        array = self.numpy()
+        return array.astype(dtype) if dtype is not None else array
+
+    def detach(self) -> Tensor:
+        """Return a Tensor with the same data that is not connected to the graph."""
+        return Tensor._wrap(self.data, self.backend)
+
+    def backward(self, gradient=None, retain_graph: bool = False, create_graph: bool = False):
+        """Accumulate the gradient of this Tensor into ``.grad`` of every leaf it depends on.
+
+        ``gradient`` is the seed (ones of this Tensor's shape by default, which
+        gives the gradient of the sum). Cached values are freed afterwards
+        unless ``retain_graph`` is true; ``create_graph`` records the backward
+        pass itself, so the gradients can be differentiated again.
+        """
+        from gpuflow import engine
+
+        engine.backward_into_leaves(self, gradient, retain_graph, create_graph)
+
+    # In-place writes would change values the backward pass depends on.
+
+    def __setitem__(self, key, value):
+        raise TypeError(
+            "Tensor does not support item assignment: gradients depend on the values the "
+            "forward pass saw; build a new Tensor instead, for example with gpuflow.where"
+        )
+
+    # Operators, each a recorded operation.
+
+    def __add__(self, other):
+        return _ops.add(self, other)
+
+    def __radd__(self, other):
+        return _ops.add(other, self)
+
+    def __sub__(self, other):
+        return _ops.subtract(self, other)
+
+    def __rsub__(self, other):
+        return _ops.subtract(other, self)
+
+    def __mul__(self, other):
+        return _ops.multiply(self, other)
+
+    def __rmul__(self, other):
+        return _ops.multiply(other, self)
+
+    def __truediv__(self, other):
+        return _ops.divide(self, other)
+
+    def __rtruediv__(self, other):
+        return _ops.divide(other, self)
+
+    def __pow__(self, other):
+        return _ops.power(self, other)
+
+    def __rpow__(self, other):
+        return _ops.power(other, self)
+
+    def __matmul__(self, other):
+        return _ops.matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return _ops.matmul(other, self)
+
+    def __neg__(self):
+        return _ops.negative(self)
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return _ops.abs(self)
+
+    def __getitem__(self, key):
+        return _ops.getitem(self, key)
+
+    # Comparisons give boolean Tensors that carry no gradient.
+
+    def __lt__(self, other):
+        return _ops.less(self, other)
+
+    def __le__(self, other):
+        return _ops.less_equal(self, other)
+
+    def __gt__(self, other):
+        return _ops.greater(self, other)
+
+    def __ge__(self, other):
+        return _ops.greater_equal(self, other)
+
+    def __eq__(self, other):
+        return _ops.equal(self, other)
+
+    def __ne__(self, other):
+        return _ops.not_equal(self, other)
+
+    def __and__(self, other):
+        return _ops.logical_and(self, other)
+
+    def __or__(self, other):
+        return _ops.logical_or(self, other)
+
+    def __invert__(self):
+        return _ops.logical_not(self)
+
+    # Methods with NumPy's names.
+
+    def astype(self, dtype):
+        return _ops.astype(self, dtype)
+
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return _ops.reshape(self, shape)
+
+    def transpose(self, *axes):
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        return _ops.transpose(self, axes or None)
+
+    def sum(self, axis=None, keepdims=False):
+        return _ops.sum(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        return _ops.mean(self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        return _ops.max(self, axis=axis, keepdims=keepdims)
+
+
+def _dtype_text(dtype) -> str:
+    name = getattr(dtype, "name", None)
+    return name if isinstance(name, str) else str(dtype).rsplit(".", 1)[-1]
+
+
+# Python numbers, including NumPy's float64 and int64 scalars, which subclass them.
+_NUMBER_TYPES = (int, float, complex)
+
+
+def _reference_dtype(backend, values):
+    # The first non-boolean array dtype, so that where(mask, x, 0.0) keeps x's dtype.
+    found = None
+    for value in values:
+        if isinstance(value, _NUMBER_TYPES):
+            continue
+        dtype = getattr(value, "dtype", None)
+        if dtype is None:
+            continue
+        if dtype != backend.bool:
+            return dtype
+        found = dtype
+    return found
+
+
+def _mixed_backends(first, second):
+    return TypeError(
+        f"cannot combine arrays of the {first.name} and {second.name} backends in one "
+        "operation; move them to one backend first, for example with "
+        f"gpuflow.Tensor(x, backend={first.name!r})"
+    )
+
+
+class Ones:
+    """A gradient of all ones, kept symbolic during a first-order backward pass.
+
+    The default seed is ones, and most batch gradients start with a sum, so
+    the first rules often multiply by ones. ``Ones * b`` returns ``b`` without
+    touching memory, and reshapes and broadcasts keep the symbol; every other
+    use turns it into a read-only broadcast array first.
+    """
+
+    __slots__ = ("shape", "dtype", "backend")
+    __array_ufunc__ = None  # NumPy defers ``ndarray * Ones`` to Ones.__rmul__.
+
+    def __init__(self, shape, dtype, backend):
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.backend = backend
+
+    def materialize(self):
+        """Return the ones as a broadcast array of this shape and dtype."""
+        xp = self.backend
+        return xp.broadcast_to(xp.ones((), dtype=self.dtype), self.shape)
+
+    def _times(self, other):
+        if isinstance(other, Ones):
+            return self if other.shape == self.shape else self.materialize() * other.materialize()
+        shape = getattr(other, "shape", None)
+        if shape is None or getattr(other, "dtype", None) != self.dtype:
+            return self.materialize() * other
+        if tuple(shape) == self.shape:
+            return other
+        return self.materialize() * other
+
+    __mul__ = _times
+    __rmul__ = _times
+
+    def __neg__(self):
+        return -self.materialize()
+
+    def __add__(self, other):
+        return self.materialize() + _plain(other)
+
+    def __radd__(self, other):
+        return _plain(other) + self.materialize()
+
+    def __sub__(self, other):
+        return self.materialize() - _plain(other)
+
+    def __rsub__(self, other):
+        return _plain(other) - self.materialize()
+
+    def __truediv__(self, other):
+        return self.materialize() / _plain(other)
+
+    def __rtruediv__(self, other):
+        return _plain(other) / self.materialize()
+
+
+def _plain(value):
+    return value.materialize() if isinstance(value, Ones) else value
+
+
+def _apply_raw(backend, op, inputs, params):
+    for value in inputs:
+        if isinstance(value, Ones):
+            if op.keeps_ones and len(inputs) == 1 and -1 not in params["shape"]:
+                return Ones(params["shape"], value.dtype, backend)
+            inputs = [_plain(v) for v in inputs]
+            break
+    for value in inputs:
+        if isinstance(value, _NUMBER_TYPES):
+            reference = _reference_dtype(backend, inputs)
+            inputs = [
+                scalar_to_array(backend, v, reference) if isinstance(v, _NUMBER_TYPES) else v
+                for v in inputs
+            ]
+            break
+    return op.forward(backend, *inputs, **params)
+
+
+def apply(op, inputs, params):
+    """Run ``op`` on ``inputs`` and record a node when a gradient may be needed.
+
+    ``inputs`` may mix Tensors, arrays of the same backend and Python numbers.
+    Arrays become constants (copied, so a later write to them cannot change a
+    gradient) and numbers become 0-d arrays of the dtype they take beside the
+    other inputs. During a first-order backward pass the inputs are plain
+    arrays, and the result is a plain array.
+    """
+    raw = state.raw_backend
+    if raw is not None:
+        return _apply_raw(raw, op, inputs, params)
+
+    backend = None
+    converted = False
+    record = False
+    for value in inputs:
+        if isinstance(value, Tensor):
+            if backend is None:
+                backend = value.backend
+            elif value.backend is not backend:
+                raise _mixed_backends(backend, value.backend)
+            if value.requires_grad:
+                record = True
+        else:
+            converted = True
+    tensors = inputs
+    if converted:
+        tensors = _convert_inputs(op, inputs, backend)
+        backend = tensors[0].backend
+
+    if op.promotes is not None and len(tensors) > 1:
+        tensors = _promote(backend, tensors, op.promotes)
+    arrays = [tensor.data for tensor in tensors]
+    if op.check is not None:
+        op.check(op.name, arrays, params)
+    record = record and state.recording and op.differentiable
+    if record and op.forward_cached is not None:
+        out, cache = op.forward_cached(backend, *arrays, **params)
+    else:
+        out, cache = op.forward(backend, *arrays, **params), None
+    if not record:
+        return Tensor._wrap(out, backend)
+    return Tensor._wrap(out, backend, True, Node(op, tuple(tensors), params, cache))
+
+
+def _promote(backend, tensors, positions):
+    """Cast the inputs at ``positions`` to their common dtype by NumPy's promotion rules.
+
+    The casts are recorded operations, so gradients flow back through them. This
+    gives every backend NumPy's results for mixed dtypes (float32 with int64
+    gives float64), also where the Array API standard leaves them undefined.
+    """
+    chosen = list(range(len(tensors))) if positions is True else list(positions)
+    first = tensors[chosen[0]].dtype
+    if all(tensors[i].dtype == first for i in chosen):
+        return tensors
+    import numpy
+
+    common = numpy.result_type(*[_dtype_text(tensors[i].dtype) for i in chosen]).name
+    target = getattr(backend, common)
+    promoted = list(tensors)
+    for i in chosen:
+        if tensors[i].dtype != target:
+            promoted[i] = _ops.astype(tensors[i], target)
+    return promoted
+
+
+def _convert_inputs(op, inputs, backend):
+    """Turn the arrays and numbers among ``inputs`` into constant Tensors of one backend."""
+    for value in inputs:
+        if value is None or isinstance(value, (Tensor, _NUMBER_TYPES)):
+            continue
+        owner = backends.backend_of(value)
+        if owner is None:
+            raise TypeError(
+                f"{op.name}: unsupported input of type {type(value).__name__}; pass a Tensor, "
+                "an array or a number"
+            )
+        if backend is None:
+            backend = owner
+        elif owner is not backend:
+            raise _mixed_backends(backend, owner)
+    if backend is None:
+        backend = backends.default_backend()
+
+    tensors = [
+        value if isinstance(value, Tensor) or value is None
+        or isinstance(value, _NUMBER_TYPES) else Tensor(value, backend=backend)
+        for value in inputs
+    ]
+    reference = _reference_dtype(backend, tensors)
+    for position, value in enumerate(tensors):
+        if value is None:
+            raise TypeError(f"{op.name}: input {position} is None; pass an array or a number")
+        if isinstance(value, _NUMBER_TYPES):
+            tensors[position] = Tensor._wrap(scalar_to_array(backend, value, reference), backend)
+    return tensors
+
+
+# Imported last because the operations import this module; Tensor's operators use them.
+from gpuflow import ops as _ops  # noqa: E402
