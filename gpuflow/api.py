@@ -139,19 +139,24 @@ def _evaluate(f, numbers, args, kwargs, backend_spec):
         call_args[number] = target
         targets.append(target)
 
-    previous = state.recording
-    state.recording = True
+    previous = state.recording, state.tape
+    state.recording, state.tape = True, []
     try:
         out = f(*call_args, **kwargs)
+        tape = state.tape
     finally:
-        state.recording = previous
+        state.recording, state.tape = previous
+    if previous[1] is not None:
+        # An enclosing grad walks its own tape, which must hold these nodes too.
+        previous[1].extend(tape)
     if not isinstance(out, Tensor):
         out = Tensor._wrap(_to_backend(out, backend), backend)
 
     found = {}
     if out.requires_grad:
-        # The graph is dropped on return, so freeing it node by node would be wasted work.
-        found = run_backward([out], [None], targets, retain_graph=True, create_graph=nested)
+        # Freeing as the pass goes releases each intermediate array once it is used.
+        found = run_backward([out], [None], targets, create_graph=nested, tape=tape)
+        del tape
 
     grads = []
     for target in targets:

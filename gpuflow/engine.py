@@ -10,7 +10,8 @@ iterative, so the depth of a graph is limited only by memory.
 
 from __future__ import annotations
 
-from gpuflow.graph import reachable, topological_order
+from gpuflow.graph import reachable
+from gpuflow.passes.fusion import fuse_multiply_add, fusion_enabled
 from gpuflow.tensor import Ones, Tensor, _plain, state
 
 
@@ -47,42 +48,53 @@ def fit_to_input(g, shape, dtype):
     return g
 
 
-def run_backward(roots, seeds, targets=None, retain_graph=False, create_graph=False):
+def run_backward(
+    roots, seeds, targets=None, retain_graph=False, create_graph=False, tape=None
+):
     """Propagate ``seeds`` from ``roots`` back through the graph and return gradients by ``id``.
 
     A seed of None stands for ones of the root's shape. With ``targets`` (a list
-    of Tensors) only the paths that reach a target are
-    followed and the walk stops at the targets. Without it every leaf that
-    requires a gradient is a target. In a first-order pass (``create_graph``
-    false) the gradients are plain arrays; otherwise they are Tensors recorded
-    in a new graph.
+    of Tensors) only the paths that reach a target are followed and the walk
+    stops at the targets. Without it every leaf that requires a gradient is a
+    target. In a first-order pass (``create_graph`` false) the gradients are
+    plain arrays; otherwise they are Tensors recorded in a new graph.
+
+    ``tape``, when given, lists every tensor recorded since the targets were
+    made, in creation order; walking it backwards replaces the graph search.
+    Tensors on it that do not lead to a root receive no gradient and are skipped.
     """
-    leaves, computed = reachable(roots)
-    leaf_ids = {id(leaf) for leaf in leaves}
     useful = None
-    if targets is None:
-        target_ids = leaf_ids
-    else:
+    if tape is not None:
+        computed = tape
         target_ids = {id(t) for t in targets}
-        # Paths need pruning only when the graph reaches a leaf that is not a target.
-        if not leaf_ids <= target_ids:
-            useful = _leads_to(leaves + computed, target_ids)
+    else:
+        leaves, computed = reachable(roots)
+        leaf_ids = {id(leaf) for leaf in leaves}
+        if targets is None:
+            target_ids = leaf_ids
+        else:
+            target_ids = {id(t) for t in targets}
+            # Paths need pruning only when the graph reaches a leaf that is not a target.
+            if not leaf_ids <= target_ids:
+                useful = _leads_to(leaves + computed, target_ids)
+
+    if fusion_enabled():
+        fuse_multiply_add(computed, roots)
 
     backend = roots[0].backend
     grads = {}
     for root, seed in zip(roots, seeds):
         if not root.requires_grad:
             continue
-        if seed is None:
-            ones = backend.ones(root.shape, dtype=root.dtype)
-            seed = Tensor._wrap(ones, backend) if create_graph else Ones(
-                root.shape, root.dtype, backend
-            )
+        data = root.data
+        if seed is None and create_graph:
+            seed = Tensor._wrap(backend.ones(data.shape, dtype=data.dtype), backend)
+        elif seed is None:
+            seed = Ones(data.shape, data.dtype, backend)
         grads[id(root)] = seed if create_graph else _raw(seed)
 
-    found = {}
-    for key in target_ids & grads.keys():
-        found[key] = grads.pop(key)
+    # A root that is itself a target takes its seed as its gradient.
+    found = {key: grads.pop(key) for key in target_ids.intersection(grads)}
     # A recorded backward pass refers to the forward nodes, so it keeps them.
     free = not (retain_graph or create_graph)
     saved_state = (state.recording, state.raw_backend)
@@ -95,17 +107,24 @@ def run_backward(roots, seeds, targets=None, retain_graph=False, create_graph=Fa
             _walk(computed, grads, found, target_ids, useful, create_graph, free)
     finally:
         state.recording, state.raw_backend = saved_state
-    for key in target_ids & grads.keys():
+    for key in target_ids.intersection(grads):
         found[key] = grads.pop(key)
     for key, g in found.items():
-        if isinstance(g, Ones):
+        if type(g) is Ones:
             found[key] = backend.ones(g.shape, dtype=g.dtype)
     return found
 
 
 def _walk(computed, grads, found, target_ids, useful, create_graph, free):
-    """Visit the computed tensors from last to first, propagating each one's gradient."""
-    for tensor in reversed(computed):
+    """Visit the computed tensors from last to first, propagating each one's gradient.
+
+    With ``free``, each visited node drops its inputs and cache and leaves the
+    list, so intermediate arrays are released as soon as the pass is past them.
+    """
+    for position in range(len(computed) - 1, -1, -1):
+        tensor = computed[position]
+        if free:
+            computed[position] = None
         g = grads.pop(id(tensor), None)
         if g is None:
             continue

@@ -18,6 +18,9 @@ class _State(threading.local):
         # return plain backend arrays and record nothing, which keeps the
         # per-operation cost low for small arrays.
         self.raw_backend = None
+        # A list that collects every recorded tensor in creation order while a
+        # functional call (gpuflow.grad) evaluates its function, or None.
+        self.tape = None
 
 
 state = _State()
@@ -106,7 +109,9 @@ class Tensor:
     operations.
     """
 
-    __slots__ = ("data", "backend", "requires_grad", "node", "grad", "name", "__weakref__")
+    __slots__ = (
+        "data", "backend", "requires_grad", "node", "grad", "name", "consumers", "__weakref__"
+    )
     __array_ufunc__ = None  # NumPy defers ``ndarray * Tensor`` to Tensor.__rmul__.
 
     def __init__(self, data, requires_grad: bool = False, backend=None, name: str | None = None):
@@ -124,6 +129,7 @@ class Tensor:
         self.node = None
         self.grad = None
         self.name = name
+        self.consumers = 0
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_()
@@ -138,6 +144,8 @@ class Tensor:
         tensor.node = node
         tensor.grad = None
         tensor.name = None
+        # How many recorded nodes take this tensor as an input; the fusion pass reads it.
+        tensor.consumers = 0
         return tensor
 
     def requires_grad_(self, flag: bool = True) -> Tensor:
@@ -484,10 +492,19 @@ def apply(op, inputs, params):
         tensors = _convert_inputs(op, inputs, backend)
         backend = tensors[0].backend
 
-    if op.promotes is not None and len(tensors) > 1:
-        tensors = _promote(backend, tensors, op.promotes)
     arrays = [tensor.data for tensor in tensors]
-    if op.check is not None:
+    if op.elementwise and len(arrays) > 1:
+        # Inputs of one shape and dtype, the common case, need neither check.
+        first = arrays[0]
+        for array in arrays:
+            if array.shape != first.shape or array.dtype != first.dtype:
+                if op.promotes is not None:
+                    tensors = _promote(backend, tensors, op.promotes)
+                    arrays = [tensor.data for tensor in tensors]
+                if op.check is not None:
+                    op.check(op.name, arrays, params)
+                break
+    elif op.check is not None:
         op.check(op.name, arrays, params)
     record = record and state.recording and op.differentiable
     if record and op.forward_cached is not None:
@@ -496,7 +513,13 @@ def apply(op, inputs, params):
         out, cache = op.forward(backend, *arrays, **params), None
     if not record:
         return Tensor._wrap(out, backend)
-    return Tensor._wrap(out, backend, True, Node(op, tuple(tensors), params, cache))
+    for tensor in tensors:
+        tensor.consumers += 1
+    result = Tensor._wrap(out, backend, True, Node(op, tuple(tensors), params, cache))
+    tape = state.tape
+    if tape is not None:
+        tape.append(result)
+    return result
 
 
 def _promote(backend, tensors, positions):

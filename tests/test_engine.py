@@ -153,6 +153,8 @@ def test_results_do_not_alias_inputs():
     value, gradient = gf.value_and_grad(lambda t: t, 0)(x)
     value[0] = 9.0
     assert x[0] == 1.0
+    np.testing.assert_array_equal(gradient, [1.0, 1.0])
+    assert gradient.dtype == np.float64
     assert gradient.flags.writeable
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from gpuflow.backends.fused_reference import REFERENCES
+
 logger = logging.getLogger(__name__)
 
 
@@ -95,6 +97,21 @@ class Backend:
         import numpy
 
         return numpy.errstate(all="ignore")
+
+    def fused(self, name: str, *arrays):
+        """Run the fused step ``name`` (a key of fused_reference.REFERENCES) on ``arrays``.
+
+        The generic version runs the reference implementation; a backend with
+        kernels overrides this and falls back to it for operands its kernels
+        do not take.
+        """
+        try:
+            reference = REFERENCES[name]
+        except KeyError:
+            raise ValueError(
+                f"unknown fused step {name!r}; known steps: {', '.join(sorted(REFERENCES))}"
+            ) from None
+        return reference(self, *arrays)
 
     def synchronize(self) -> None:
         """Wait until queued device work is complete (a no-op on the CPU)."""

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 from gpuflow.backends.base import Backend, BackendUnavailableError
+
+logger = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "install CuPy for your CUDA version with the gpuflow extra: "
@@ -63,6 +67,34 @@ class CuPyBackend(Backend):
 
     def errstate(self):
         return self._cupy.errstate(all="ignore")
+
+    def fused(self, name: str, *arrays):
+        """Launch the CUDA kernel for ``name`` when the operands suit it, else run the reference.
+
+        The kernels take C-contiguous float32 or float64 arrays of one shape and
+        dtype; broadcast or strided operands take the reference path, which is
+        the same formula as unfused CuPy operations.
+        """
+        if self._fusable(arrays):
+            from gpuflow.backends import cuda_kernels
+
+            logger.debug("fused kernel %s on %d elements", name, arrays[0].size)
+            return getattr(cuda_kernels, name)(*arrays)
+        return super().fused(name, *arrays)
+
+    def _fusable(self, arrays) -> bool:
+        first = arrays[0]
+        if not isinstance(first, self._cupy.ndarray) or first.dtype.name not in (
+            "float32", "float64"
+        ):
+            return False
+        return all(
+            isinstance(array, self._cupy.ndarray)
+            and array.shape == first.shape
+            and array.dtype == first.dtype
+            and array.flags.c_contiguous
+            for array in arrays
+        )
 
     def synchronize(self) -> None:
         self._cupy.cuda.get_current_stream().synchronize()

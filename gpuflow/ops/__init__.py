@@ -37,6 +37,7 @@ from gpuflow.ops.elementwise import (
     xlogy,
     zeros_like,
 )
+from gpuflow.ops.fused import multiply_add
 from gpuflow.ops.linalg import matmul
 from gpuflow.ops.reduce import logsumexp, max, mean, min, norm, sum
 from gpuflow.ops.registry import Operation, define_op
@@ -56,7 +57,8 @@ from gpuflow.ops.shape import (
 # The differentiable operations, by the names the command-line parser accepts.
 DIFFERENTIABLE = (
     "abs add astype broadcast_to clip concatenate divide exp expand_dims flip log log1p "
-    "logsumexp matmul matrix_transpose max maximum mean min minimum multiply negative norm "
+    "logsumexp matmul matrix_transpose max maximum mean min minimum multiply multiply_add "
+    "negative norm "
     "power relu reshape sigmoid softplus sqrt square squeeze stack subtract sum tanh "
     "transpose where xlogy"
 ).split()

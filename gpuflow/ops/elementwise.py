@@ -20,6 +20,7 @@ from __future__ import annotations
 import builtins
 
 from gpuflow.ops.registry import builtin_op, check_broadcast
+from gpuflow.tensor import Ones, state
 
 _abs = builtins.abs
 
@@ -188,10 +189,15 @@ def _sigmoid_forward(xp, x):
 
 
 def _sigmoid_forward_cached(xp, x):
-    # The local partial sigmoid(x) * sigmoid(-x) = e / (1 + e)**2. Written as
-    # y * (1 - y) it would cancel to 0 for large positive x.
-    y, e, r = _sigmoid_parts(xp, x)
-    return y, e * r * r
+    # The value and the local partial sigmoid(x) * sigmoid(-x) in one fused step
+    # (a CUDA kernel on CuPy; see backends/fused_reference.py for the formula).
+    return xp.fused("sigmoid_forward", x)
+
+
+def _sigmoid_vjp_cached(g, partial):
+    if isinstance(g, Ones):
+        return (g * partial,)
+    return (state.raw_backend.fused("sigmoid_backward", g, partial),)
 
 
 _sigmoid = _elementwise(
@@ -199,7 +205,7 @@ _sigmoid = _elementwise(
     _sigmoid_forward,
     lambda g, out, x: (g * (out * sigmoid(-x)),),
     forward_cached=_sigmoid_forward_cached,
-    vjp_cached=lambda g, partial: (g * partial,),
+    vjp_cached=_sigmoid_vjp_cached,
 )
 
 

@@ -12,6 +12,7 @@ import math
 from gpuflow.ops.elementwise import astype, exp, where, zeros_like
 from gpuflow.ops.registry import builtin_op
 from gpuflow.ops.shape import broadcast_to, reshape
+from gpuflow.tensor import is_floating
 
 
 def normalize_axis(name: str, axis, ndim: int) -> tuple:
@@ -55,9 +56,13 @@ def _sum_vjp(g, out, x, axis, keepdims):
     return (g if tuple(g.shape) == shape else broadcast_to(g, shape),)
 
 
-_sum = builtin_op(
-    "sum", lambda xp, x, axis, keepdims: xp.sum(x, axis=axis, keepdims=keepdims), _sum_vjp
-)
+def _sum_forward(xp, x, axis, keepdims):
+    if not axis and is_floating(xp, x.dtype):
+        return x  # A float sum over no axes is the input itself, as in NumPy.
+    return xp.sum(x, axis=axis, keepdims=keepdims)
+
+
+_sum = builtin_op("sum", _sum_forward, _sum_vjp)
 
 
 def sum(x, axis=None, keepdims=False):

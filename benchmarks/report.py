@@ -1,0 +1,68 @@
+"""Summarize a pytest-benchmark JSON file: medians, ratios to the NumPy baseline, peak memory.
+
+Usage: python benchmarks/report.py RESULTS.json
+
+Within each benchmark group the test whose name ends in ``_numpy`` is the
+baseline; every other test in the group is reported as a ratio of medians.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+
+def _time(seconds: float) -> str:
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.1f} us"
+
+
+def _megabytes(count) -> str:
+    return "-" if count is None else f"{count / 2**20:.0f} MiB"
+
+
+def summarize(results: dict) -> str:
+    """Return a Markdown table of the groups in a pytest-benchmark result."""
+    groups = defaultdict(list)
+    for bench in results["benchmarks"]:
+        groups[bench["group"] or ""].append(bench)
+    lines = [
+        "| workload | implementation | median | ratio to NumPy | peak memory per call |",
+        "|---|---|---|---|---|",
+    ]
+    for group in sorted(groups):
+        benches = groups[group]
+        baseline = next((b for b in benches if b["name"].endswith("_numpy")), None)
+        for bench in sorted(benches, key=lambda b: not b["name"].endswith("_numpy")):
+            median = bench["stats"]["median"]
+            ratio = median / baseline["stats"]["median"] if baseline else float("nan")
+            implementation = bench["name"].rsplit("_", 1)[-1]
+            peak = bench.get("extra_info", {}).get("peak_bytes")
+            lines.append(
+                f"| {group} | {implementation} | {_time(median)} | {ratio:.2f} | "
+                f"{_megabytes(peak)} |"
+            )
+    machine = results.get("machine_info", {})
+    lines.append("")
+    lines.append(
+        f"Machine: {machine.get('cpu', {}).get('brand_raw', 'unknown CPU')}, "
+        f"{machine.get('cpu', {}).get('count', '?')} cores, Python "
+        f"{machine.get('python_version', '?')}; run {results.get('datetime', '?')}."
+    )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python benchmarks/report.py RESULTS.json", file=sys.stderr)
+        return 2
+    with open(argv[0], encoding="utf-8") as handle:
+        print(summarize(json.load(handle)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
