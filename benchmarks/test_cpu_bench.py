@@ -68,6 +68,17 @@ def test_sigmoid_gpuflow(benchmark, batch):
     np.testing.assert_allclose(gradient, reference[1], rtol=1e-6)
 
 
+def sigmoid_gpuflow_anomaly(x):
+    with gf.detect_anomaly():
+        return sigmoid_gpuflow(x)
+
+
+@pytest.mark.benchmark(group="sigmoid batch")
+def test_sigmoid_anomaly(benchmark, batch):
+    # The cost of checking every value and gradient for NaN and infinity.
+    run(benchmark, sigmoid_gpuflow_anomaly, batch[0])
+
+
 # Quadratic batch: value and the four gradients of sum(a*x**2 + b*x + c).
 
 

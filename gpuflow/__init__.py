@@ -1,6 +1,7 @@
 """gpuflow: dataflow-graph automatic differentiation for batches of arrays on NumPy and CuPy."""
 
 from gpuflow import backends
+from gpuflow.anomaly import AnomalyError, detect_anomaly
 from gpuflow.api import GradientCheckError, check_grad, grad, trace, value_and_grad
 from gpuflow.backends import get_backend
 from gpuflow.engine import GraphFreedError
@@ -12,12 +13,14 @@ from gpuflow.tensor import Tensor, enable_grad, no_grad
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnomalyError",
     "Graph",
     "GradientCheckError",
     "GraphFreedError",
     "Tensor",
     "backends",
     "check_grad",
+    "detect_anomaly",
     "enable_grad",
     "get_backend",
     "grad",

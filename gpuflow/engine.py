@@ -15,6 +15,10 @@ from gpuflow.passes.fusion import fuse_multiply_add, fusion_enabled
 from gpuflow.tensor import Ones, Tensor, _plain, state
 
 
+# Names of the 16-bit float dtypes; a NumPy dtype compares equal to its name.
+_HALF_DTYPES = ("float16", "bfloat16")
+
+
 class GraphFreedError(RuntimeError):
     """Raised by a second backward pass through a graph whose cached values were freed."""
 
@@ -105,14 +109,26 @@ def run_backward(
     try:
         with backend.errstate():
             _walk(computed, grads, found, target_ids, useful, create_graph, free)
+            for key in target_ids.intersection(grads):
+                found[key] = grads.pop(key)
+            _finish(found, targets if targets is not None else leaves, backend)
     finally:
         state.recording, state.raw_backend = saved_state
-    for key in target_ids.intersection(grads):
-        found[key] = grads.pop(key)
-    for key, g in found.items():
-        if type(g) is Ones:
-            found[key] = backend.ones(g.shape, dtype=g.dtype)
     return found
+
+
+def _finish(found, targets, backend):
+    """Turn symbolic ones into arrays and give each gradient its target's dtype."""
+    for target in targets:
+        key = id(target)
+        g = found.get(key)
+        if g is None:
+            continue
+        dtype = target.data.dtype
+        if type(g) is Ones:
+            found[key] = backend.ones(g.shape, dtype=dtype)
+        elif g.dtype != dtype:
+            found[key] = _ops().astype(g, dtype)
 
 
 def _walk(computed, grads, found, target_ids, useful, create_graph, free):
@@ -178,9 +194,11 @@ def _propagate(tensor, node, g, grads, useful, create_graph):
             f"{len(inputs)} inputs; return one per input, None where there is none"
         )
 
-    for parent, parent_grad in zip(inputs, input_grads):
+    for position, (parent, parent_grad) in enumerate(zip(inputs, input_grads)):
         if parent_grad is None or not parent.requires_grad:
             continue
+        if state.anomaly:
+            _check_gradient(tensor, node, g, position, parent_grad, parent)
         key = id(parent)
         if useful is not None and key not in useful:
             continue
@@ -190,8 +208,23 @@ def _propagate(tensor, node, g, grads, useful, create_graph):
         previous = grads.get(key)
         if previous is None:
             grads[key] = parent_grad
+        elif data.dtype in _HALF_DTYPES:
+            # 16-bit gradients that meet are added in float32 (see accumulation_dtype);
+            # the consumer's rule and fit_to_input bring them back to the input's dtype.
+            wide = _ops().astype(_plain(previous), "float32")
+            grads[key] = wide + _ops().astype(_plain(parent_grad), "float32")
         else:
             grads[key] = _plain(previous) + _plain(parent_grad)
+
+
+def _check_gradient(tensor, node, g, position, parent_grad, parent):
+    from gpuflow import anomaly
+
+    raw = [_raw(_plain(value)) for value in (g, parent_grad)]
+    anomaly.check_backward(
+        node.op, tensor.backend, raw[0], position, raw[1], parent.shape,
+        node.location or "an unknown place (the node was recorded outside anomaly mode)",
+    )
 
 
 def _seed_for(output, gradient):

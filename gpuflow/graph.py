@@ -22,7 +22,7 @@ class Node:
     before it runs, so sorting nodes by ``seq`` gives a topological order.
     """
 
-    __slots__ = ("op", "inputs", "params", "cache", "freed", "seq", "__weakref__")
+    __slots__ = ("op", "inputs", "params", "cache", "freed", "seq", "location", "__weakref__")
 
     def __init__(self, op, inputs, params, cache=None):
         self.op = op
@@ -31,6 +31,8 @@ class Node:
         self.cache = cache
         self.freed = False
         self.seq = next(_sequence)
+        # Where the node was built, recorded in anomaly mode only.
+        self.location = None
 
     def free(self) -> None:
         """Drop the cached values and the input references once the backward pass used them."""

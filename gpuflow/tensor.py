@@ -21,6 +21,10 @@ class _State(threading.local):
         # A list that collects every recorded tensor in creation order while a
         # functional call (gpuflow.grad) evaluates its function, or None.
         self.tape = None
+        # Anomaly mode (gpuflow.detect_anomaly) and the expression position that
+        # the command's parser reports for the operations it runs.
+        self.anomaly = False
+        self.position = None
 
 
 state = _State()
@@ -511,11 +515,19 @@ def apply(op, inputs, params):
         out, cache = op.forward_cached(backend, *arrays, **params)
     else:
         out, cache = op.forward(backend, *arrays, **params), None
+    location = None
+    if state.anomaly:
+        from gpuflow import anomaly
+
+        location = anomaly.current_location()
+        anomaly.check_forward(op, backend, arrays, out, location)
     if not record:
         return Tensor._wrap(out, backend)
     for tensor in tensors:
         tensor.consumers += 1
-    result = Tensor._wrap(out, backend, True, Node(op, tuple(tensors), params, cache))
+    node = Node(op, tuple(tensors), params, cache)
+    node.location = location
+    result = Tensor._wrap(out, backend, True, node)
     tape = state.tape
     if tape is not None:
         tape.append(result)

@@ -329,3 +329,13 @@ def test_matmul_operator(bk, rng):
     b = rng.normal(size=(3,))
     gradient = gf.grad(lambda u: gf.sum(u @ bk.array(b)))(bk.array(a))
     np.testing.assert_allclose(bk.numpy(gradient), np.broadcast_to(b, (2, 3)))
+
+
+def test_clip_crossed_bounds_give_upper_bound(bk):
+    # With a_min > a_max the output is a_max, as in NumPy, so only a_max has a gradient.
+    grads = gf.grad(lambda u, lo, hi: gf.sum(gf.clip(u, lo, hi)), (0, 1, 2))(
+        bk.array([2.0, 0.0]), bk.array(3.0), bk.array(1.0)
+    )
+    np.testing.assert_array_equal(bk.numpy(grads[0]), [0.0, 0.0])
+    assert bk.numpy(grads[1]) == 0.0
+    assert bk.numpy(grads[2]) == 2.0

@@ -348,20 +348,25 @@ def _clip_forward(xp, x, *bounds, lower, upper):
 
 
 def _clip_vjp(g, out, x, *bounds, lower, upper):
+    # The output is min(max(x, low), high): the upper bound wins where max(x, low)
+    # exceeds it (also when low > high), the lower bound where x is below it
+    # otherwise, and x itself everywhere else, bounds included.
     zero = zeros_like(g)
-    inside = None
-    grads = []
     bounds = list(bounds)
-    if lower:
-        low = bounds.pop(0)
-        inside = x >= low
-        grads.append(where(x < low, g, zero))
-    if upper:
-        high = bounds.pop(0)
-        below = x <= high
-        inside = below if inside is None else logical_and(inside, below)
-        grads.append(where(x > high, g, zero))
-    return (where(inside, g, zero), *grads)
+    low = bounds.pop(0) if lower else None
+    high = bounds.pop(0) if upper else None
+    by_upper = (maximum(x, low) if lower else x) > high if upper else None
+    by_lower = x < low if lower else None
+    if lower and upper:
+        by_lower = logical_and(by_lower, logical_not(by_upper))
+    grads = []
+    passed = None
+    for active in (by_lower, by_upper):
+        if active is None:
+            continue
+        grads.append(where(active, g, zero))
+        passed = active if passed is None else logical_or(passed, active)
+    return (where(passed, zero, g), *grads)
 
 
 _clip = _elementwise("clip", _clip_forward, _clip_vjp)

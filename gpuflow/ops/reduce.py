@@ -56,9 +56,24 @@ def _sum_vjp(g, out, x, axis, keepdims):
     return (g if tuple(g.shape) == shape else broadcast_to(g, shape),)
 
 
+def accumulation_dtype(xp, dtype):
+    """Return the dtype sums of ``dtype`` accumulate in: float32 for 16-bit floats, else ``dtype``.
+
+    float16 has 11 significant bits, so a float16 running sum stops growing
+    once it reaches 2048 times the terms. Sums and the adding of gradients that
+    meet therefore accumulate 16-bit floats in float32 and return their own dtype.
+    """
+    name = getattr(dtype, "name", None) or str(dtype).rsplit(".", 1)[-1]
+    return xp.float32 if name in ("float16", "bfloat16") else dtype
+
+
 def _sum_forward(xp, x, axis, keepdims):
     if not axis and is_floating(xp, x.dtype):
         return x  # A float sum over no axes is the input itself, as in NumPy.
+    wide = accumulation_dtype(xp, x.dtype)
+    if wide != x.dtype:
+        total = xp.sum(xp.astype(x, wide), axis=axis, keepdims=keepdims)
+        return xp.astype(total, x.dtype)
     return xp.sum(x, axis=axis, keepdims=keepdims)
 
 
@@ -84,6 +99,9 @@ def _mean_vjp(g, out, x, axis, keepdims):
 def _mean_forward(xp, x, axis, keepdims):
     if not axis:
         return x  # NumPy's mean over no axes is the input itself.
+    wide = accumulation_dtype(xp, x.dtype)
+    if wide != x.dtype:
+        return xp.astype(xp.mean(xp.astype(x, wide), axis=axis, keepdims=keepdims), x.dtype)
     return xp.mean(x, axis=axis, keepdims=keepdims)
 
 
