@@ -85,9 +85,20 @@ def _to_backend(value, backend):
     return backend.from_numpy(owner.to_numpy(value))
 
 
-def _check_differentiable(f, position: int, count: int, backend, dtype) -> None:
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_differentiable(f, position: int, count: int, backend, dtype, value=None) -> None:
     if not is_floating(backend, dtype):
         name = _argument_names(f, count)[position]
+        if isinstance(value, (bool, int)):
+            raise TypeError(
+                f"cannot differentiate with respect to {name}, the Python {type(value).__name__} "
+                f"{value!r}: only floating-point inputs have gradients; pass a float, for "
+                f"example {float(value)!r}"
+            )
         dtype_name = getattr(dtype, "name", None) or str(dtype).rsplit(".", 1)[-1]
         raise TypeError(
             f"cannot differentiate with respect to {name} of dtype {dtype_name}: only "
@@ -104,7 +115,7 @@ def _target(f, args, position, backend, nested: bool):
             return _identity(value)
         return Tensor._wrap(value.data, value.backend, requires_grad=True)
     array = _to_backend(value, backend)
-    _check_differentiable(f, position, len(args), backend, array.dtype)
+    _check_differentiable(f, position, len(args), backend, array.dtype, value)
     return Tensor._wrap(array, backend, requires_grad=True)
 
 
@@ -150,6 +161,12 @@ def _evaluate(f, numbers, args, kwargs, backend_spec):
         # An enclosing grad walks its own tape, which must hold these nodes too.
         previous[1].extend(tape)
     if not isinstance(out, Tensor):
+        if not isinstance(out, _NUMBER_TYPES) and backends.backend_of(out) is None:
+            raise TypeError(
+                f"the function returned {type(out).__name__} {_short(out)}; it must return "
+                "one array or Tensor built with gpuflow operations (for a value with "
+                "auxiliary results, differentiate a function that returns the value alone)"
+            )
         out = Tensor._wrap(_to_backend(out, backend), backend)
 
     found = {}

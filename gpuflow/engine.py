@@ -194,16 +194,21 @@ def _propagate(tensor, node, g, grads, useful, create_graph):
             f"{len(inputs)} inputs; return one per input, None where there is none"
         )
 
-    for position, (parent, parent_grad) in enumerate(zip(inputs, input_grads)):
+    anomaly = state.anomaly
+    for position, parent in enumerate(inputs):
+        parent_grad = input_grads[position]
         if parent_grad is None or not parent.requires_grad:
             continue
-        if state.anomaly:
+        if anomaly:
             _check_gradient(tensor, node, g, position, parent_grad, parent)
         key = id(parent)
         if useful is not None and key not in useful:
             continue
         data = parent.data
         if parent_grad.shape != data.shape or parent_grad.dtype != data.dtype:
+            if parent_grad.shape != data.shape:
+                _check_gradient_shape(op, position, parent_grad, tuple(tensor.data.shape),
+                                      tuple(data.shape))
             parent_grad = fit_to_input(parent_grad, tuple(data.shape), data.dtype)
         previous = grads.get(key)
         if previous is None:
@@ -215,6 +220,21 @@ def _propagate(tensor, node, g, grads, useful, create_graph):
             grads[key] = wide + _ops().astype(_plain(parent_grad), "float32")
         else:
             grads[key] = _plain(previous) + _plain(parent_grad)
+
+
+def _check_gradient_shape(op, position, parent_grad, out_shape, input_shape):
+    """Raise unless a rule's gradient broadcasts against its input's shape."""
+    from gpuflow.ops.registry import broadcast_shapes
+
+    shape = tuple(parent_grad.shape)
+    try:
+        broadcast_shapes(op.name, [shape, input_shape])
+    except ValueError:
+        raise ValueError(
+            f"the gradient rule of {op.name!r} returned a gradient of shape {shape} for input "
+            f"{position}, whose shape is {input_shape} (the output's is {out_shape}); return "
+            "gradients of the output's or the input's shape"
+        ) from None
 
 
 def _check_gradient(tensor, node, g, position, parent_grad, parent):

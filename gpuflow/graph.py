@@ -114,12 +114,16 @@ class Graph:
 
     ``inputs`` lists the named inputs with their shapes and dtypes, ``nodes``
     one operation each with every input listed before its consumers, and
-    ``outputs`` the names of the values the function returned.
+    ``outputs`` the names of the values the function returned. ``tensors``
+    maps each of those names to its recorded Tensor, so that ``to_dot`` can
+    show values and local partial derivatives. The Graph therefore keeps
+    those arrays alive.
     """
 
     inputs: list[GraphNode]
     nodes: list[GraphNode]
     outputs: list[str]
+    tensors: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_tensors(cls, outputs, names: dict[int, str] | None = None) -> Graph:
@@ -127,12 +131,14 @@ class Graph:
         names = dict(names or {})
         order = topological_order(outputs, needs_grad_only=False)
         inputs, nodes = [], []
-        constant_count = 0
+        counts = {"leaf": 0, "const": 0}
         for tensor in order:
             if tensor.node is None:
                 if id(tensor) not in names:
-                    names[id(tensor)] = f"const{constant_count}"
-                    constant_count += 1
+                    # Unnamed leaves that require a gradient are inputs; the rest are constants.
+                    kind = "leaf" if tensor.requires_grad else "const"
+                    names[id(tensor)] = tensor.name or f"{kind}{counts[kind]}"
+                    counts[kind] += 1
                 inputs.append(
                     GraphNode(len(inputs), "input", [], names[id(tensor)], tensor.shape,
                               _dtype_name(tensor.dtype))
@@ -156,7 +162,8 @@ class Graph:
         inputs.sort(key=lambda node: rank.get(node.output, len(rank)))
         for position, node in enumerate(inputs):
             node.index = position
-        return cls(inputs, nodes, [names[id(tensor)] for tensor in outputs])
+        tensors = {names[id(tensor)]: tensor for tensor in order}
+        return cls(inputs, nodes, [names[id(tensor)] for tensor in outputs], tensors)
 
     def __str__(self) -> str:
         lines = [f"input {node.output} : {node.dtype}{list(node.shape)}" for node in self.inputs]
@@ -166,6 +173,12 @@ class Graph:
 
     def __len__(self) -> int:
         return len(self.nodes)
+
+    def to_dot(self, path_to: str | None = None, values: bool = True) -> str:
+        """Return this graph as Graphviz DOT text, as described in ``gpuflow.viz.to_dot``."""
+        from gpuflow import viz
+
+        return viz.to_dot(self, path_to=path_to, values=values)
 
 
 def _dtype_name(dtype) -> str:

@@ -116,7 +116,6 @@ class Tensor:
     __slots__ = (
         "data", "backend", "requires_grad", "node", "grad", "name", "consumers", "__weakref__"
     )
-    __array_ufunc__ = None  # NumPy defers ``ndarray * Tensor`` to Tensor.__rmul__.
 
     def __init__(self, data, requires_grad: bool = False, backend=None, name: str | None = None):
         if isinstance(data, Tensor):
@@ -200,7 +199,7 @@ class Tensor:
 
     def __repr__(self) -> str:
         flags = ", requires_grad=True" if self.requires_grad else ""
-        return f"Tensor({self.numpy()!r}{flags}, backend={self.backend.name!r})"
+        return f"Tensor({self.backend.to_numpy(self.data)!r}{flags}, backend={self.backend.name!r})"
 
     def __hash__(self) -> int:
         return id(self)
@@ -208,23 +207,64 @@ class Tensor:
     def __bool__(self) -> bool:
         return bool(self.data)
 
+    def _leave_graph(self, conversion: str) -> None:
+        # A value taken out of the graph carries no gradient, so code that goes on
+        # computing with it would get a silently wrong or zero gradient.
+        if self.requires_grad:
+            raise TypeError(
+                f"{conversion} of a Tensor that requires a gradient would drop it from the "
+                "graph, and gradients through the result would be lost; keep the computation "
+                "in gpuflow functions, or call .detach() first if no gradient is wanted"
+            )
+
     def __float__(self) -> float:
+        self._leave_graph("float()")
         return float(self.data)
 
     def __int__(self) -> int:
+        self._leave_graph("int()")
         return int(self.data)
 
     def item(self):
         """Return the value of a one-element Tensor as a Python number."""
-        return self.numpy().item()
+        self._leave_graph("item()")
+        return self.backend.to_numpy(self.data).item()
 
     def numpy(self):
         """Return the value as a NumPy array on the host (a copy for device backends)."""
+        self._leave_graph("numpy()")
         return self.backend.to_numpy(self.data)
 
     def __array__(self, dtype=None, copy=None):
-        array = self.numpy()
+        self._leave_graph("Conversion to a NumPy array")
+        array = self.backend.to_numpy(self.data)
         return array.astype(dtype) if dtype is not None else array
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        # NumPy ufuncs applied to Tensors, such as ndarray * Tensor or numpy.exp(t),
+        # run the gpuflow operation of the same name so that they are recorded.
+        name = _UFUNC_NAMES.get(ufunc.__name__, ufunc.__name__)
+        function = getattr(_ops, name, None)
+        if method != "__call__" or kwargs or function is None or name not in _ops.__all__:
+            raise TypeError(
+                f"numpy.{ufunc.__name__} (method {method!r}) does not take gpuflow Tensors; "
+                "use the gpuflow function of the same name, for example gpuflow.exp, so that "
+                "the operation is recorded"
+            )
+        return function(*inputs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        # numpy.sum(t), numpy.reshape(t, ...) and friends run the gpuflow function.
+        name = _ARRAY_FUNCTION_NAMES.get(func.__name__, func.__name__)
+        function = getattr(_ops, name, None)
+        kwargs = {key: value for key, value in kwargs.items() if value is not None}
+        if function is None or name not in _ops.__all__ or set(kwargs) - {"axis", "keepdims"}:
+            raise TypeError(
+                f"numpy.{func.__name__} does not take gpuflow Tensors with these arguments; "
+                f"use gpuflow.{name} if it exists, or build the operation with "
+                "gpuflow.define_op"
+            )
+        return function(*args, **kwargs)
 
     def detach(self) -> Tensor:
         """Return a Tensor with the same data that is not connected to the graph."""
@@ -352,6 +392,11 @@ class Tensor:
 
     def max(self, axis=None, keepdims=False):
         return _ops.max(self, axis=axis, keepdims=keepdims)
+
+
+# NumPy names that differ from gpuflow's.
+_UFUNC_NAMES = {"absolute": "abs", "true_divide": "divide"}
+_ARRAY_FUNCTION_NAMES = {"amax": "max", "amin": "min", "concat": "concatenate"}
 
 
 def _dtype_text(dtype) -> str:
@@ -515,6 +560,12 @@ def apply(op, inputs, params):
         out, cache = op.forward_cached(backend, *arrays, **params)
     else:
         out, cache = op.forward(backend, *arrays, **params), None
+    if not op.symbolic_ones and not backend.is_array(out):
+        raise TypeError(
+            f"the forward function of operation {op.name!r} returned "
+            f"{type(out).__name__}, not an array of the {backend.name} backend; return "
+            "one array, built with the xp namespace it receives"
+        )
     location = None
     if state.anomaly:
         from gpuflow import anomaly

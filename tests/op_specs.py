@@ -45,6 +45,8 @@ UNARY = [
     UnarySpec("square", gf.square, np.square, lambda x: 2 * x),
     UnarySpec("sqrt", gf.sqrt, np.sqrt, lambda x: 0.5 / np.sqrt(x), _positive),
     UnarySpec("exp", gf.exp, np.exp, np.exp),
+    UnarySpec("sin", gf.sin, np.sin, np.cos),
+    UnarySpec("cos", gf.cos, np.cos, lambda x: -np.sin(x)),
     UnarySpec("log", gf.log, np.log, lambda x: 1 / x, _positive),
     UnarySpec("log1p", gf.log1p, np.log1p, lambda x: 1 / (1 + x), _positive),
     UnarySpec("sigmoid", gf.sigmoid, _sigmoid, lambda x: _sigmoid(x) * (1 - _sigmoid(x))),

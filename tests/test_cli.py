@@ -322,7 +322,7 @@ def bad_files(tmp_path):
 
 
 ERRORS = [
-    (["sin(x)", "x=1"], ["unknown function 'sin'", "abs, add"]),
+    (["arcsin(x)", "x=1"], ["unknown function 'arcsin'", "abs, add"]),
     (["x + * 2", "x=1"], ["invalid syntax at column 5"]),
     (["x.T", "x=1"], ["attribute access"]),
     (["x * y", "x=1"], ["no value for y"]),

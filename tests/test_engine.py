@@ -135,6 +135,56 @@ def test_no_grad_stops_recording():
     assert y.node is None
 
 
+@pytest.mark.parametrize(
+    "convert", [float, int, lambda t: t.item(), lambda t: t.numpy(), np.asarray],
+    ids=["float", "int", "item", "numpy", "asarray"],
+)
+def test_leaving_graph_raises(convert):
+    x = gf.Tensor(np.array(2.0), requires_grad=True)
+    with pytest.raises(TypeError, match=r"would drop it from the graph.*\.detach\(\)"):
+        convert(x * x)
+
+
+def test_numpy_ufunc_on_tensor_is_recorded():
+    gradient = gf.grad(lambda t: np.sum(np.exp(t) * np.ones(2)))(np.array([0.0, 1.0]))
+    np.testing.assert_allclose(gradient, np.exp([0.0, 1.0]))
+
+
+def test_unsupported_numpy_function_raises():
+    with pytest.raises(TypeError, match="numpy.cumsum does not take gpuflow Tensors"):
+        gf.grad(lambda t: np.cumsum(t))(np.ones(2))
+
+
+@pytest.mark.parametrize("result", [(1.0, 2.0), None, "loss", [1.0]], ids=repr)
+def test_function_must_return_array(result):
+    with pytest.raises(TypeError, match="it must return one array or Tensor"):
+        gf.grad(lambda t: result if not isinstance(result, tuple) else (t, t))(1.0)
+
+
+def test_python_int_input_names_float_fix():
+    with pytest.raises(TypeError, match=r"the Python int 3: .* for example 3\.0"):
+        gf.grad(lambda a: a * a)(3)
+
+
+def test_custom_forward_must_return_array():
+    broken = gf.define_op("broken", lambda xp, x: [1, 2])
+    with pytest.raises(TypeError, match="operation 'broken' returned list, not an array"):
+        broken(np.ones(2))
+
+
+def test_custom_gradient_shape_is_checked():
+    wide = gf.define_op("wide", lambda xp, x: x, lambda g, out, x: (gf.ones_like(g)[:1] * 0,))
+    wrong = gf.define_op("wrong_shape", lambda xp, x: x, lambda g, out, x: (np.ones(5),))
+    assert gf.grad(lambda t: gf.sum(wide(t)))(np.ones(3)).shape == (3,)
+    with pytest.raises(ValueError, match=r"'wrong_shape' returned a gradient of shape \(5,\)"):
+        gf.grad(lambda t: gf.sum(wrong(t)))(np.ones(3))
+
+
+def test_max_with_two_arrays_suggests_maximum():
+    with pytest.raises(TypeError, match=r"use maximum\(x1, x2\)"):
+        gf.max(gf.Tensor(np.ones(2)), gf.Tensor(np.ones(2)))
+
+
 def test_tensor_rejects_item_assignment():
     x = gf.Tensor(np.ones(3))
     with pytest.raises(TypeError, match="does not support item assignment"):
@@ -145,7 +195,7 @@ def test_tensor_copies_its_data():
     data = np.array([1.0, 2.0])
     x = gf.Tensor(data, requires_grad=True)
     data[0] = 50.0
-    assert x.numpy()[0] == 1.0
+    assert x.detach().numpy()[0] == 1.0
 
 
 def test_results_do_not_alias_inputs():
@@ -173,6 +223,7 @@ SECOND_DERIVATIVES = [
     ("log", gf.log, lambda x: -1 / x**2),
     ("quadratic", lambda x: 2.0 * x**2 + 1.0 * x + 4.0, lambda x: 4 + 0 * x),
     ("softplus", gf.softplus, lambda x: (s := 1 / (1 + np.exp(-x))) * (1 - s)),
+    ("sin", gf.sin, lambda x: -np.sin(x)),
 ]
 
 

@@ -5,6 +5,7 @@ from gpuflow.ops.elementwise import (
     add,
     astype,
     clip,
+    cos,
     divide,
     equal,
     exp,
@@ -28,6 +29,7 @@ from gpuflow.ops.elementwise import (
     relu,
     sigmoid,
     sign,
+    sin,
     softplus,
     sqrt,
     square,
@@ -56,10 +58,10 @@ from gpuflow.ops.shape import (
 
 # The differentiable operations, by the names the command-line parser accepts.
 DIFFERENTIABLE = (
-    "abs add astype broadcast_to clip concatenate divide exp expand_dims flip log log1p "
+    "abs add astype broadcast_to clip concatenate cos divide exp expand_dims flip log log1p "
     "logsumexp matmul matrix_transpose max maximum mean min minimum multiply multiply_add "
     "negative norm "
-    "power relu reshape sigmoid softplus sqrt square squeeze stack subtract sum tanh "
+    "power relu reshape sigmoid sin softplus sqrt square squeeze stack subtract sum tanh "
     "transpose where xlogy"
 ).split()
 

@@ -168,6 +168,20 @@ def _xlogy_forward(xp, x, y):
 _xlogy = _elementwise("xlogy", _xlogy_forward, lambda g, out, x, y: (g * log(y), g * (x / y)))
 
 
+_sin = _elementwise("sin", lambda xp, x: xp.sin(x), lambda g, out, x: (g * cos(x),))
+_cos = _elementwise("cos", lambda xp, x: xp.cos(x), lambda g, out, x: (-(g * sin(x)),))
+
+
+def sin(x):
+    """Return the sine elementwise (x in radians)."""
+    return _sin(x)
+
+
+def cos(x):
+    """Return the cosine elementwise (x in radians)."""
+    return _cos(x)
+
+
 def xlogy(x, y):
     """Return ``x * log(y)``, defined as 0 where ``x == 0`` (also where y is 0)."""
     return _xlogy(x, y)

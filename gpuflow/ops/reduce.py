@@ -19,6 +19,12 @@ def normalize_axis(name: str, axis, ndim: int) -> tuple:
     """Return ``axis`` as a sorted tuple of non-negative axes, checked against ``ndim``."""
     if axis is None:
         return tuple(range(ndim))
+    if not isinstance(axis, (int, tuple, list)):
+        hint = {"max": "maximum", "min": "minimum"}.get(name)
+        extra = f"; for the elementwise {hint} of two arrays use {hint}(x1, x2)" if hint else ""
+        raise TypeError(
+            f"{name}: axis must be an int or a tuple of ints, got {type(axis).__name__}{extra}"
+        )
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     result = []
     for entry in axes:
