@@ -63,7 +63,9 @@ def _extra_commands():
     Each module has ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args)``,
     which returns the exit status or raises CommandError for invalid input.
     """
-    modules = []
+    from gpuflow.cli import bench, check, graph
+
+    modules = [check, graph, bench]
     return {module.NAME: module for module in modules}
 
 

@@ -111,8 +111,8 @@ _LANGUAGE = (
 )
 
 
-def _known_functions() -> str:
-    return ", ".join(FUNCTIONS)
+def _known_functions(functions=FUNCTIONS) -> str:
+    return ", ".join(functions)
 
 
 _OPERATOR_SYMBOLS = {
@@ -218,10 +218,13 @@ class Expression:
 # Parsing and checking.
 
 
-def parse_expression(text: str) -> Expression:
+def parse_expression(text: str, extra_functions=None) -> Expression:
     """Parse ``text`` and check it against the language; raise ExpressionError if it is invalid.
 
-    Nothing in ``text`` runs here.
+    Nothing in ``text`` runs here. ``extra_functions`` maps more names to
+    callables, such as operations made with ``gpuflow.define_op``, that the
+    expression may call besides ``FUNCTIONS``. Their names must be identifiers
+    that do not begin with an underscore or shadow a name of ``FUNCTIONS``.
     """
     if not isinstance(text, str):
         raise TypeError(f"the expression must be a str, got {type(text).__name__}")
@@ -231,7 +234,24 @@ def parse_expression(text: str) -> Expression:
     if not stripped.strip():
         raise ExpressionError("the expression is empty; write one, for example 'x**2'")
     tree = _parse_tree(text, stripped, shift)
-    return _Compiler(text, stripped, shift).compile(tree)
+    functions = FUNCTIONS if not extra_functions else _with_extra(extra_functions)
+    return _Compiler(text, stripped, shift, functions).compile(tree)
+
+
+def _with_extra(extra_functions) -> dict:
+    for name, function in extra_functions.items():
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+            raise ValueError(
+                f"invalid extra function name {name!r}; use an identifier that does not "
+                "begin with an underscore"
+            )
+        if name in FUNCTIONS:
+            raise ValueError(
+                f"extra function {name!r} has the name of a built-in function; rename it"
+            )
+        if not callable(function):
+            raise TypeError(f"extra function {name!r} is not callable: {function!r}")
+    return {**FUNCTIONS, **extra_functions}
 
 
 def _parse_tree(text: str, stripped: str, shift: int):
@@ -285,7 +305,8 @@ class _Compiler:
     an intermediate bound by := is known to the parts after it.
     """
 
-    def __init__(self, text: str, stripped: str, shift: int):
+    def __init__(self, text: str, stripped: str, shift: int, functions=FUNCTIONS):
+        self.functions = functions
         self.text = text
         self.stripped = stripped
         self.shift = shift
@@ -511,16 +532,16 @@ class _Compiler:
                 node,
                 f"call {self.segment(node)!r} is not allowed because only known functions "
                 "can be called, by name",
-                f"call one of {_known_functions()}",
+                f"call one of {_known_functions(self.functions)}",
             )
         name = function_node.id
         self.check_name(function_node, name)
-        function = FUNCTIONS.get(name)
+        function = self.functions.get(name)
         if function is None:
             self.reject(
                 function_node,
                 f"unknown function {name!r}",
-                f"use one of the known functions: {_known_functions()}",
+                f"use one of the known functions: {_known_functions(self.functions)}",
             )
         for argument in node.args:
             if isinstance(argument, ast.Starred):
