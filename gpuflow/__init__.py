@@ -4,6 +4,7 @@ from gpuflow import backends
 from gpuflow.anomaly import AnomalyError, detect_anomaly
 from gpuflow.api import GradientCheckError, check_grad, grad, trace, value_and_grad
 from gpuflow.backends import get_backend
+from gpuflow.compile import compile  # noqa: A004
 from gpuflow.engine import GraphFreedError
 from gpuflow.graph import Graph
 from gpuflow.ops import *  # noqa: F403
@@ -20,6 +21,7 @@ __all__ = [
     "Tensor",
     "backends",
     "check_grad",
+    "compile",
     "detect_anomaly",
     "enable_grad",
     "get_backend",

@@ -73,8 +73,13 @@ def _first_bad(backend, array):
     return index, host[index] if host.ndim else host.item()
 
 
+def is_finite(backend, array) -> bool:
+    """Return whether every element of ``array`` is finite (non-float arrays always are)."""
+    return _first_bad(backend, array) is None
+
+
 def _all_finite(backend, arrays) -> bool:
-    return all(_first_bad(backend, array) is None for array in arrays)
+    return all(is_finite(backend, array) for array in arrays)
 
 
 def check_forward(op, backend, arrays, out, location) -> None:

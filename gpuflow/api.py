@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 import os
 
 import numpy
@@ -43,17 +44,28 @@ def _argument_names(f, count: int) -> list[str]:
 
 
 def _normalize_argnums(argnums, count: int) -> tuple[int, ...]:
-    numbers = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    if hasattr(argnums, "__index__") and not isinstance(argnums, bool):
+        numbers = (argnums,)
+    elif isinstance(argnums, (tuple, list)):
+        numbers = tuple(argnums)
+    else:
+        raise TypeError(f"argnums must be an int or a tuple of ints, got {argnums!r}")
     if not numbers:
         raise ValueError("argnums is empty; pass the position of at least one argument")
     result = []
     for number in numbers:
-        if isinstance(number, bool) or not isinstance(number, int):
+        if isinstance(number, bool) or not hasattr(number, "__index__"):
             raise TypeError(f"argnums must be an int or a tuple of ints, got {argnums!r}")
+        number = operator.index(number)
         if not -count <= number < count:
             raise ValueError(
                 f"argnums {number} is out of range for a function called with {count} "
                 "positional arguments"
+            )
+        if number % count in result:
+            raise ValueError(
+                f"argnums {argnums!r} names argument {number % count} twice; list each "
+                "position once"
             )
         result.append(number % count)
     return tuple(result)
@@ -132,11 +144,25 @@ def _is_traced(value) -> bool:
 
 def _evaluate(f, numbers, args, kwargs, backend_spec):
     """Run ``f`` once, then the backward pass; return the output and the gradients."""
+    try:
+        return _evaluate_once(f, numbers, args, kwargs, backend_spec)
+    except MemoryError as error:
+        backend = _choose_backend(backend_spec, [args[i] for i in numbers])
+        replacement = backend.out_of_memory(error)
+        if replacement is error:
+            raise
+        raise replacement from error
+
+
+def _evaluate_once(f, numbers, args, kwargs, backend_spec):
     backend = _choose_backend(backend_spec, [args[i] for i in numbers])
     # Inside an enclosing grad the arguments are traced Tensors; the backward
     # pass is then recorded, so the enclosing grad can differentiate it.
+    # Inside an enclosing grad (a tape is active) the function may also capture
+    # traced values from the enclosing function, so the pass is recorded then too.
     nested = state.recording and (
-        any(_is_traced(value) for value in args)
+        state.tape is not None
+        or any(_is_traced(value) for value in args)
         or any(_is_traced(value) for value in kwargs.values())
     )
 
@@ -189,7 +215,7 @@ def _evaluate(f, numbers, args, kwargs, backend_spec):
 
 def _user_arrays(backend, arrays, args):
     """Return arrays safe to hand out: none a view, an input, or shared with another result."""
-    taken = {id(value) for value in args}
+    claimed = {id(value) for value in args}
     results = []
     for array in arrays:
         if backend is _NUMPY:
@@ -198,9 +224,9 @@ def _user_arrays(backend, arrays, args):
                 result = result.copy()
         else:
             result = backend.asarray(array)
-        if id(result) in taken:
+        if id(result) in claimed:
             result = backend.copy(result)
-        taken.add(id(result))
+        claimed.add(id(result))
         results.append(result)
     return results[0], results[1:]
 
@@ -218,7 +244,7 @@ def _argnums_for(argnums):
     return numbers_for
 
 
-def value_and_grad(f, argnums=0, *, backend=None):
+def value_and_grad(f, argnums=0, *, backend=None, chunk_size=None, batch_argnums=None):
     """Return a function that evaluates ``f`` and its gradient in one forward and backward pass.
 
     ``f`` takes arrays (NumPy, CuPy or any Array API array) and Python floats and
@@ -231,9 +257,17 @@ def value_and_grad(f, argnums=0, *, backend=None):
     evaluates the derivatives of a whole batch. An argument the output does not
     depend on gets zeros of its own shape. ``backend`` moves the inputs to that
     backend (see ``gpuflow.backends.get_backend``). Calls nest:
-    ``grad(grad(f))`` gives the second derivative.
+    ``grad(grad(f))`` gives the second derivative. ``chunk_size`` evaluates the
+    batch that many rows at a time and ``batch_argnums`` names the batched
+    arguments (see ``gpuflow.chunked``).
     """
-    single = isinstance(argnums, int)
+    if chunk_size is not None:
+        from gpuflow import chunked
+
+        return chunked.value_and_grad(
+            f, argnums, chunk_size=chunk_size, backend=backend, batch_argnums=batch_argnums
+        )
+    single = hasattr(argnums, "__index__")
     numbers_for = _argnums_for(argnums)
 
     @functools.wraps(f)
@@ -244,13 +278,23 @@ def value_and_grad(f, argnums=0, *, backend=None):
     return evaluate
 
 
-def grad(f, argnums=0, *, backend=None):
+def grad(f, argnums=0, *, backend=None, chunk_size=None, batch_argnums=None):
     """Return a function that evaluates the gradient of ``f``; see ``value_and_grad``.
 
     For a non-scalar output this is the gradient of the sum of the output, so an
     elementwise function gives the derivative at every element of a batch.
     """
-    single = isinstance(argnums, int)
+    if chunk_size is not None:
+        chunked_call = value_and_grad(
+            f, argnums, backend=backend, chunk_size=chunk_size, batch_argnums=batch_argnums
+        )
+
+        @functools.wraps(f)
+        def evaluate_chunked(*args, **kwargs):
+            return chunked_call(*args, **kwargs)[1]
+
+        return evaluate_chunked
+    single = hasattr(argnums, "__index__")
     numbers_for = _argnums_for(argnums)
 
     @functools.wraps(f)
@@ -282,8 +326,15 @@ def trace(f, *args, backend=None) -> Graph:
     with enable_grad():
         out = f(*call_args)
     outputs = list(out) if isinstance(out, (tuple, list)) else [out]
-    outputs = [o if isinstance(o, Tensor) else Tensor._wrap(_to_backend(o, chosen), chosen)
-               for o in outputs]
+    for position, result in enumerate(outputs):
+        if isinstance(result, Tensor):
+            continue
+        if not isinstance(result, _NUMBER_TYPES) and backends.backend_of(result) is None:
+            raise TypeError(
+                f"trace: the function returned {type(result).__name__} {_short(result)}; "
+                "it must return arrays or Tensors built with gpuflow operations"
+            )
+        outputs[position] = Tensor._wrap(_to_backend(result, chosen), chosen)
     return Graph.from_tensors(outputs, labels)
 
 
@@ -291,14 +342,21 @@ def check_grad(f, *args, argnums=None, rtol=1e-5, atol=1e-7, backend=None) -> di
     """Compare the gradients of ``f`` with central finite differences in float64.
 
     Every floating-point argument is checked (or those in ``argnums``). The
-    reverse-mode gradient is computed on the arguments' backend; the finite
-    differences perturb one element at a time of a float64 NumPy copy, with a
-    step of about ``cbrt(eps) * max(1, |x|)``. An element fails when
+    reverse-mode gradient is computed on the arguments' backend. The finite
+    differences run on that backend too, in float64, perturbing one element at a
+    time by about ``cbrt(eps) * max(1, |x|)``. An element fails when
     ``|reverse - numeric| > atol + rtol * |numeric|``. On failure this raises
     GradientCheckError naming the input, the index of the worst element, both
     values and the error; otherwise it returns the largest absolute error for
     each input, by name.
     """
+    for label, tolerance in (("rtol", rtol), ("atol", atol)):
+        if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or not (
+            tolerance >= 0
+        ):
+            raise ValueError(
+                f"check_grad: {label} must be a non-negative number, got {tolerance!r}"
+            )
     names = _argument_names(f, len(args))
     if argnums is None:
         argnums = tuple(

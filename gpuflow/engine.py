@@ -2,7 +2,7 @@
 
 Starting from a seed at the output (ones by default, which gives the gradient
 of the sum), the engine visits every recorded node after all of its consumers,
-asks the node's rule for the gradient of each input, sums that gradient back
+calls the node's rule for the gradient of each input, sums that gradient back
 to the input's shape when the forward pass broadcast it, casts it to the
 input's dtype, and adds it to what earlier paths gave that input. The walk is
 iterative, so the depth of a graph is limited only by memory.
@@ -11,7 +11,7 @@ iterative, so the depth of a graph is limited only by memory.
 from __future__ import annotations
 
 from gpuflow.graph import reachable
-from gpuflow.passes.fusion import fuse_multiply_add, fusion_enabled
+from gpuflow.passes.fusion import fuse, fusion_enabled
 from gpuflow.tensor import Ones, Tensor, _plain, state
 
 
@@ -83,7 +83,7 @@ def run_backward(
                 useful = _leads_to(leaves + computed, target_ids)
 
     if fusion_enabled():
-        fuse_multiply_add(computed, roots)
+        fuse(computed, roots)
 
     backend = roots[0].backend
     grads = {}
@@ -223,12 +223,18 @@ def _propagate(tensor, node, g, grads, useful, create_graph):
 
 
 def _check_gradient_shape(op, position, parent_grad, out_shape, input_shape):
-    """Raise unless a rule's gradient broadcasts against its input's shape."""
+    """Raise unless a rule's gradient has the output's or the input's shape, up to broadcasting.
+
+    Built-in rules may also return batch-shaped gradients (matmul does), so for
+    them only broadcasting against the input is required.
+    """
     from gpuflow.ops.registry import broadcast_shapes
 
     shape = tuple(parent_grad.shape)
     try:
-        broadcast_shapes(op.name, [shape, input_shape])
+        combined = broadcast_shapes(op.name, [shape, input_shape])
+        if not op.symbolic_ones and combined not in (out_shape, input_shape):
+            raise ValueError(combined)
     except ValueError:
         raise ValueError(
             f"the gradient rule of {op.name!r} returned a gradient of shape {shape} for input "
@@ -240,6 +246,9 @@ def _check_gradient_shape(op, position, parent_grad, out_shape, input_shape):
 def _check_gradient(tensor, node, g, position, parent_grad, parent):
     from gpuflow import anomaly
 
+    # A NaN or infinity among the node's inputs is the input's fault, not the rule's.
+    if not all(anomaly.is_finite(tensor.backend, p.data) for p in node.inputs):
+        return
     raw = [_raw(_plain(value)) for value in (g, parent_grad)]
     anomaly.check_backward(
         node.op, tensor.backend, raw[0], position, raw[1], parent.shape,

@@ -3,7 +3,7 @@
 A node stores the operation, its input tensors, its parameters and whatever the
 forward pass cached for the backward pass. The tensor a node produced points to
 the node, so the graph is reached by walking from an output back through
-``tensor.node.inputs``. Nothing here knows any particular operation.
+``tensor.node.inputs``. Nothing here depends on any particular operation.
 """
 
 from __future__ import annotations
@@ -128,6 +128,12 @@ class Graph:
     @classmethod
     def from_tensors(cls, outputs, names: dict[int, str] | None = None) -> Graph:
         """Build a Graph from output tensors, naming tensors found in ``names`` (by ``id``)."""
+        for output in outputs:
+            if getattr(output, "node", False) is False:
+                raise TypeError(
+                    f"Graph.from_tensors takes Tensors, got {type(output).__name__}; pass the "
+                    "Tensors a computation returned"
+                )
         names = dict(names or {})
         order = topological_order(outputs, needs_grad_only=False)
         inputs, nodes = [], []

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import threading
 
+import numpy as _numpy
+
 from gpuflow import backends
 from gpuflow.graph import Node
 
@@ -25,6 +27,9 @@ class _State(threading.local):
         # the command's parser reports for the operations it runs.
         self.anomaly = False
         self.position = None
+        # Set while gpuflow.compile traces a function: operations that record no
+        # gradient node still get a Node, so that the plan can replay them.
+        self.capture = False
 
 
 state = _State()
@@ -127,6 +132,10 @@ class Tensor:
             array = chosen.copy(data)
         else:
             array = chosen.from_numpy(data)
+        if isinstance(array, _numpy.ndarray):
+            # The Tensor owns this copy; making it read-only keeps `t.data[0] = v`
+            # from changing values that cached gradients depend on.
+            array.flags.writeable = False
         self.data = array
         self.backend = chosen
         self.node = None
@@ -191,6 +200,12 @@ class Tensor:
     @property
     def mT(self) -> Tensor:
         return _ops.matrix_transpose(self)
+
+    def __iter__(self):
+        if not self.data.shape:
+            raise TypeError("iteration over a 0-d Tensor")
+        for index in range(self.data.shape[0]):
+            yield self[index]
 
     def __len__(self) -> int:
         if not self.data.shape:
@@ -524,24 +539,25 @@ def apply(op, inputs, params):
         return _apply_raw(raw, op, inputs, params)
 
     backend = None
-    converted = False
     record = False
-    for value in inputs:
-        if isinstance(value, Tensor):
-            if backend is None:
-                backend = value.backend
-            elif value.backend is not backend:
-                raise _mixed_backends(backend, value.backend)
-            if value.requires_grad:
-                record = True
-        else:
-            converted = True
+    arrays = []
     tensors = inputs
-    if converted:
-        tensors = _convert_inputs(op, inputs, backend)
-        backend = tensors[0].backend
+    for value in inputs:
+        if type(value) is not Tensor:
+            # Arrays and numbers among the inputs become constant Tensors first.
+            tensors = _convert_inputs(op, inputs, backend)
+            backend = tensors[0].backend
+            record = any(tensor.requires_grad for tensor in tensors)
+            arrays = [tensor.data for tensor in tensors]
+            break
+        if backend is None:
+            backend = value.backend
+        elif value.backend is not backend:
+            raise _mixed_backends(backend, value.backend)
+        if value.requires_grad:
+            record = True
+        arrays.append(value.data)
 
-    arrays = [tensor.data for tensor in tensors]
     if op.elementwise and len(arrays) > 1:
         # Inputs of one shape and dtype, the common case, need neither check.
         first = arrays[0]
@@ -573,11 +589,14 @@ def apply(op, inputs, params):
         location = anomaly.current_location()
         anomaly.check_forward(op, backend, arrays, out, location)
     if not record:
+        if state.capture:
+            return Tensor._wrap(out, backend, False, Node(op, tuple(tensors), params))
         return Tensor._wrap(out, backend)
     for tensor in tensors:
         tensor.consumers += 1
     node = Node(op, tuple(tensors), params, cache)
-    node.location = location
+    if location is not None:
+        node.location = location
     result = Tensor._wrap(out, backend, True, node)
     tape = state.tape
     if tape is not None:
@@ -607,12 +626,24 @@ def _promote(backend, tensors, positions):
     return promoted
 
 
+def _reject_complex(op, value):
+    raise TypeError(
+        f"{op.name}: complex input {value!r:.60} is not supported; gpuflow differentiates "
+        "real-valued functions, so split complex values into real and imaginary parts"
+    )
+
+
 def _convert_inputs(op, inputs, backend):
     """Turn the arrays and numbers among ``inputs`` into constant Tensors of one backend."""
     for value in inputs:
-        if value is None or isinstance(value, (Tensor, _NUMBER_TYPES)):
+        if isinstance(value, complex) or (
+            getattr(value, "dtype", None) is not None
+            and getattr(value.dtype, "kind", None) == "c"
+        ):
+            _reject_complex(op, value)
+        if value is None or isinstance(value, _NUMBER_TYPES):
             continue
-        owner = backends.backend_of(value)
+        owner = value.backend if isinstance(value, Tensor) else backends.backend_of(value)
         if owner is None:
             raise TypeError(
                 f"{op.name}: unsupported input of type {type(value).__name__}; pass a Tensor, "

@@ -129,13 +129,50 @@ def test_output_writes_npz(tmp_path):
     assert os.listdir(tmp_path) == ["result.npz"]
 
 
-def test_output_replaces_old_file(tmp_path):
+def test_output_replaces_old_npz(tmp_path):
     output = tmp_path / "result.npz"
-    output.write_bytes(b"old contents")
+    np.savez(output, value=np.array(7.0))
     completed = run_gpuflow("grad", "x * 2", "x=1", "--output", output)
     assert completed.returncode == 0, completed.stderr
     with np.load(output) as saved:
         assert saved["value"] == 2
+
+
+def test_output_keeps_non_npz_file(tmp_path):
+    output = tmp_path / "notes.npz"
+    output.write_bytes(b"old contents")
+    completed = run_gpuflow("grad", "x * 2", "x=1", "--output", output)
+    assert completed.returncode == 2
+    assert "is not an .npz archive" in completed.stderr
+    assert output.read_bytes() == b"old contents"
+
+
+def test_usage_error_is_one_line():
+    completed = run_gpuflow("grad", "x", "x=1", "--seed", "abc")
+    assert completed.returncode == 2
+    assert completed.stderr.splitlines() == [
+        "gpuflow grad: error: argument --seed: invalid int value: 'abc'; "
+        "see gpuflow grad --help"
+    ]
+
+
+def test_value_too_large_for_float32():
+    completed = run_gpuflow("grad", "x * 2", "x=1e39", "--dtype", "float32")
+    assert completed.returncode == 2
+    assert "too large for float32" in completed.stderr
+    assert len(completed.stderr.splitlines()) == 1
+
+
+def test_npz_member_that_is_not_npy(tmp_path):
+    import zipfile
+
+    path = tmp_path / "odd.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("y", b"garbage")
+    completed = run_gpuflow("grad", "x * 2", "x=1", "--inputs", path)
+    assert completed.returncode == 2
+    assert "Traceback" not in completed.stderr
+    assert len(completed.stderr.splitlines()) == 1
 
 
 def test_inputs_npz_and_npy(tmp_path):

@@ -475,3 +475,134 @@ def test_mixed_backends_raise():
 def test_explicit_backend_moves_inputs():
     gradient = gf.grad(lambda t: gf.sum(t * t), backend="array_api_strict")(np.ones(2))
     assert gf.backends.backend_of(gradient).name == "array_api_strict"
+
+
+# Cases found by trying to break the engine.
+
+
+def test_nested_grad_through_closure():
+    assert gf.grad(lambda y: gf.grad(lambda x: x * y)(2.0))(3.0) == 1.0
+
+
+def test_duplicate_argnums_raise():
+    with pytest.raises(ValueError, match=r"names argument 0 twice"):
+        gf.grad(lambda a: gf.sum(a * a), (0, -1))(np.ones(2))
+
+
+def test_numpy_integer_argnums_accepted():
+    assert gf.grad(lambda a: a * a, np.int64(0))(3.0) == 6.0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_logsumexp_gradient_for_large_logits(bk, dtype):
+    scale = 1e8 if dtype == "float32" else 1e17
+    x = bk.array([scale, scale, 0.0], dtype=dtype)
+    gradient = gf.grad(lambda t: gf.logsumexp(t))(x)
+    np.testing.assert_allclose(bk.numpy(gradient), [0.5, 0.5, 0.0])
+
+
+def test_cast_to_integer_has_no_gradient(bk):
+    gradient = gf.grad(lambda t: gf.sum(gf.astype(t * 0.4, "int64")))(bk.array([1.0, 2.0]))
+    np.testing.assert_array_equal(bk.numpy(gradient), [0.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    "values, dtype", [([300.0, 400.0], "float16"), ([3e30, 4e30], "float32"),
+                      ([3e-200, 4e-200], "float64")],
+)
+def test_norm_neither_overflows_nor_underflows(values, dtype):
+    value, gradient = gf.value_and_grad(gf.norm)(np.array(values, dtype=dtype))
+    np.testing.assert_allclose(value, 5 * values[0] / 3, rtol=1e-3)
+    np.testing.assert_allclose(gradient, [0.6, 0.8], rtol=1e-3)
+
+
+def test_concatenate_without_axis_flattens():
+    out = gf.concatenate([np.ones((2, 3)), np.zeros((2, 3))], axis=None)
+    assert out.shape == (12,)
+
+
+def test_stack_without_axis_raises():
+    with pytest.raises(TypeError, match="stack: axis must be an int, got None"):
+        gf.stack([np.ones(2), np.ones(2)], axis=None)
+
+
+def test_complex_constant_raises():
+    with pytest.raises(TypeError, match="multiply: complex input 1j is not supported"):
+        gf.grad(lambda a: gf.sum(gf.abs(a * 1j + 1)))(np.array([1.0, 2.0]))
+
+
+def test_sqrt_gradient_at_negative_zero():
+    assert gf.grad(gf.sqrt)(np.array(-0.0)) == np.inf
+
+
+def test_iterating_tensors():
+    assert [t.item() for t in gf.Tensor(np.arange(3.0))] == [0.0, 1.0, 2.0]
+    with pytest.raises(TypeError, match="iteration over a 0-d Tensor"):
+        list(gf.Tensor(np.array(1.0)))
+
+
+def test_leaf_data_is_read_only():
+    x = gf.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    with pytest.raises(ValueError, match="read-only"):
+        x.data[0] = 5.0
+
+
+def test_custom_gradient_of_larger_shape_raises():
+    wrong = gf.define_op("wide_gradient", lambda xp, x: x, lambda g, out, x: (np.ones((4, 3)),))
+    with pytest.raises(ValueError, match=r"returned a gradient of shape \(4, 3\)"):
+        gf.grad(lambda t: gf.sum(wrong(t)))(np.ones(3))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_anomaly_mode_ignores_nan_inputs():
+    with gf.detect_anomaly():
+        gradient = gf.grad(lambda t: gf.sum(gf.log(t)))(np.array([np.nan, 1.0]))
+    assert np.isnan(gradient[0])
+    assert gradient[1] == 1.0
+
+
+def test_backend_of_wrong_type_raises():
+    with pytest.raises(TypeError, match="backend must be a name such as 'numpy'"):
+        gf.grad(lambda t: t, backend=3)(1.0)
+
+
+def test_define_op_checks_callables():
+    with pytest.raises(TypeError, match="operation 'bad': vjp must be callable or None"):
+        gf.define_op("bad", lambda xp, x: x, 3)
+
+
+def test_check_grad_rejects_negative_tolerance():
+    with pytest.raises(ValueError, match="check_grad: rtol must be a non-negative number"):
+        gf.check_grad(lambda t: t, np.ones(2), rtol=-1.0)
+
+
+def test_trace_rejects_non_array_result():
+    with pytest.raises(TypeError, match="trace: the function returned NoneType"):
+        gf.trace(lambda t: None, 1.0)
+
+
+def test_graph_from_non_tensors_raises():
+    with pytest.raises(TypeError, match="Graph.from_tensors takes Tensors, got int"):
+        gf.Graph.from_tensors([3])
+
+
+def test_sum_of_booleans_counts(bk):
+    total = gf.sum(gf.Tensor(bk.array([1.0, -1.0, 2.0])) > 0)
+    assert bk.numpy(total.data) == 2
+
+
+def test_transpose_rejects_non_integer_axes():
+    with pytest.raises(TypeError, match="transpose: axes must be a tuple of ints"):
+        gf.transpose(np.ones((2, 3)), (0.5, 1))
+
+
+def test_reshape_rejects_text_shape():
+    with pytest.raises(TypeError, match="reshape: shape must be a tuple of ints"):
+        gf.reshape(np.ones(4), "ab")
+
+
+def test_tanh_at_float_maximum_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gradient = gf.grad(lambda t: gf.sum(gf.tanh(t)))(np.array([1e308, -1e308]))
+    np.testing.assert_array_equal(gradient, [0.0, 0.0])

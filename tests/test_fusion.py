@@ -7,7 +7,7 @@ import pytest
 
 import gpuflow as gf
 from gpuflow.graph import reachable
-from gpuflow.passes.fusion import fuse_multiply_add, fusion_disabled
+from gpuflow.passes.fusion import fuse_multiply_add, fuse_sigmoid, fusion_disabled
 
 PATTERNS = {
     "a*b+c": (lambda a, b, c: a * b + c, {"negate_product": False, "negate_addend": False}),
@@ -108,3 +108,41 @@ def test_fused_steps_dispatch_to_backend(monkeypatch, rng):
     gf.grad(lambda t: gf.sum(w * gf.sigmoid(t)))(x)
     gf.grad(lambda t: gf.sum((t * w + c) * w))(x)
     assert calls == ["sigmoid_forward", "sigmoid_backward", "multiply_add_backward"]
+
+
+@pytest.mark.parametrize(
+    "written",
+    [lambda t: 1 / (1 + gf.exp(-t)), lambda t: 1.0 / (gf.exp(-t) + 1.0)],
+    ids=["1+e", "e+1"],
+)
+def test_written_sigmoid_becomes_sigmoid(written, rng):
+    (x,) = _leaves(rng, (4,))
+    out = written(x)
+    computed = reachable([out])[1]
+    assert fuse_sigmoid(computed, [out]) == 1
+    assert out.node.op.name == "sigmoid"
+    assert out.node.inputs == (x,)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_written_sigmoid_gradient_is_stable(bk):
+    x = bk.array([-1000.0, -1.0, 0.0, 2.0, 1000.0])
+    gradient = bk.numpy(gf.grad(lambda t: gf.sum(1 / (1 + gf.exp(-t))))(x))
+    s = 1 / (1 + np.exp(-np.array([-1.0, 0.0, 2.0])))
+    np.testing.assert_allclose(gradient, [0.0, *(s * (1 - s)), 0.0], rtol=1e-12)
+    with fusion_disabled():
+        plain = bk.numpy(gf.grad(lambda t: gf.sum(1 / (1 + gf.exp(-t))))(x))
+    assert np.isnan(plain[0])
+
+
+def test_written_sigmoid_with_other_constant_is_kept(rng):
+    (x,) = _leaves(rng, (4,))
+    out = 1 / (2 + gf.exp(-x))
+    assert fuse_sigmoid(reachable([out])[1], [out]) == 0
+    assert out.node.op.name == "divide"
+
+
+def test_written_sigmoid_second_derivative():
+    value = gf.grad(gf.grad(lambda t: 1 / (1 + gf.exp(-t))))(0.5)
+    s = 1 / (1 + np.exp(-0.5))
+    assert value == pytest.approx(s * (1 - s) * (1 - 2 * s), rel=1e-12)

@@ -90,6 +90,12 @@ def get_backend(spec=None) -> Backend:
 
 
 def _namespace_backend(namespace) -> Backend:
+    if not hasattr(namespace, "__name__"):
+        raise TypeError(
+            f"backend must be a name such as 'numpy', a Backend or an array namespace module, "
+            f"got {type(namespace).__name__} {namespace!r:.40}; choose one of "
+            f"{', '.join(BACKEND_NAMES)}"
+        )
     if namespace.__name__ == "numpy":
         return _NUMPY
     if namespace.__name__.split(".")[0] == "cupy":

@@ -113,5 +113,9 @@ class Backend:
             ) from None
         return reference(self, *arrays)
 
+    def out_of_memory(self, error: MemoryError) -> MemoryError:
+        """Return the MemoryError to raise when an allocation of this backend fails."""
+        return error
+
     def synchronize(self) -> None:
         """Wait until queued device work is complete (a no-op on the CPU)."""

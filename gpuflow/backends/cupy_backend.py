@@ -110,5 +110,20 @@ class CuPyBackend(Backend):
             for array in arrays
         )
 
+    def out_of_memory(self, error: MemoryError) -> MemoryError:
+        """Return a MemoryError that adds the device's free memory to CuPy's message.
+
+        CuPy's own message states the size of the allocation that failed.
+        """
+        try:
+            free_bytes, total_bytes = self._cupy.cuda.runtime.memGetInfo()
+            state = f"the device has {free_bytes} bytes free of {total_bytes}"
+        except Exception as query_error:  # the device may be unusable after the failure
+            state = f"the free memory could not be read ({query_error})"
+        return MemoryError(
+            f"out of GPU memory: {error}; {state}; process a smaller batch, or free cached "
+            "blocks with cupy.get_default_memory_pool().free_all_blocks()"
+        )
+
     def synchronize(self) -> None:
         self._cupy.cuda.get_current_stream().synchronize()

@@ -115,8 +115,11 @@ def random_inputs(specs, seed: int) -> list[Input]:
     return inputs
 
 
-def load_file(path: str) -> list[Input]:
-    """Load the arrays of a .npz file (one input per key) or a .npy file (named by its stem)."""
+def load_file(path: str, mmap_mode: str | None = None) -> list[Input]:
+    """Load the arrays of a .npz file (one input per key) or a .npy file (named by its stem).
+
+    ``mmap_mode`` is passed to numpy.load for .npy files, which are then memory-mapped.
+    """
     _check_readable(path)
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in (".npz", ".npy"):
@@ -125,7 +128,7 @@ def load_file(path: str) -> list[Input]:
             "with numpy.savez or numpy.save"
         )
     if suffix == ".npy":
-        return [_load_npy(path)]
+        return [_load_npy(path, mmap_mode)]
     return _load_npz(path)
 
 
@@ -141,7 +144,7 @@ def _check_readable(path: str) -> None:
         raise CommandError(f"cannot read input file {path}: permission denied; check its mode")
 
 
-def _load_npy(path: str) -> Input:
+def _load_npy(path: str, mmap_mode: str | None = None) -> Input:
     stem = os.path.splitext(os.path.basename(path))[0]
     if not stem.isidentifier() or keyword.iskeyword(stem) or stem.startswith("_"):
         raise CommandError(
@@ -156,11 +159,13 @@ def _load_npy(path: str) -> Input:
             "save it with numpy.save"
         )
     try:
-        array = numpy.load(path, allow_pickle=False)
+        array = numpy.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except ValueError as error:
         raise _read_error(path, stem, error) from None
     except (EOFError, OSError) as error:
         raise _malformed(path, error) from None
+    except MemoryError:
+        raise _too_large(path, stem) from None
     return Input(stem, _check_dtype(array, stem, path), path)
 
 
@@ -179,6 +184,13 @@ def _load_npz(path: str) -> list[Input]:
                     array = archive[key]
                 except ValueError as error:
                     raise _read_error(path, key, error) from None
+                except MemoryError:
+                    raise _too_large(path, key) from None
+                if not isinstance(array, numpy.ndarray):
+                    raise CommandError(
+                        f"member {key} of {path} is not a .npy array; save the file with "
+                        "numpy.savez"
+                    )
                 inputs.append(Input(key, _check_dtype(array, key, path), path))
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as error:
         raise _malformed(path, error) from None
@@ -197,6 +209,13 @@ def _read_error(path: str, name: str, error: ValueError) -> CommandError:
     return _malformed(path, error)
 
 
+def _too_large(path: str, name: str) -> CommandError:
+    return CommandError(
+        f"{name} in {path} is larger than the memory available; use a smaller array, or "
+        "pass a .npy file with --chunk-size so that it is memory-mapped"
+    )
+
+
 def _malformed(path: str, error: Exception) -> CommandError:
     detail = " ".join(str(error).split()) or type(error).__name__
     return CommandError(
@@ -213,11 +232,15 @@ def _check_dtype(array: numpy.ndarray, name: str, path: str) -> numpy.ndarray:
     return array
 
 
-def collect_inputs(assignments, files, random_specs, seed: int) -> list[Input]:
-    """Gather the inputs in command-line order: NAME=VALUE arguments, files, random arrays."""
+def collect_inputs(assignments, files, random_specs, seed: int,
+                   mmap_mode: str | None = None) -> list[Input]:
+    """Gather the inputs in command-line order: NAME=VALUE arguments, files, random arrays.
+
+    ``mmap_mode`` memory-maps .npy files (see ``load_file``).
+    """
     inputs = [parse_assignment(text) for text in assignments]
     for path in files:
-        inputs.extend(load_file(path))
+        inputs.extend(load_file(path, mmap_mode))
     inputs.extend(random_inputs(random_specs, seed))
     seen = {}
     for item in inputs:
@@ -237,7 +260,14 @@ def cast_inputs(inputs, dtype) -> list[Input]:
     for item in inputs:
         array = item.array
         if array.dtype != numpy.bool_:
-            array = array.astype(dtype, copy=False)
+            with numpy.errstate(over="ignore"):
+                converted = array.astype(dtype, copy=False)
+            if numpy.isfinite(array).all() and not numpy.isfinite(converted).all():
+                raise CommandError(
+                    f"input {item.name} has values too large for {numpy.dtype(dtype).name} "
+                    f"(largest magnitude {numpy.abs(array).max():g}); use --dtype float64"
+                )
+            array = converted
         cast.append(Input(item.name, array, item.source))
     return cast
 

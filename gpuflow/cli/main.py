@@ -8,13 +8,15 @@ on stderr, "gpuflow grad: error: <problem>; <fix>".
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
 
 import numpy
 
 import gpuflow
 from gpuflow import backends
-from gpuflow.cli import CommandError
+from gpuflow.cli import CommandError, scaling
 from gpuflow.cli.inputs import cast_inputs, collect_inputs, match_inputs
 from gpuflow.cli.output import check_output_path, format_json, format_text, write_npz
 from gpuflow.cli.parser import FUNCTIONS, ExpressionError, parse_expression
@@ -69,9 +71,16 @@ def _extra_commands():
     return {module.NAME: module for module in modules}
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr, with exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parsers() -> tuple[argparse.ArgumentParser, dict]:
     """Build the ``gpuflow`` parser; return it and the subparsers by command name."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROGRAM,
         description="gpuflow: dataflow-graph automatic differentiation on NumPy and CuPy.",
     )
@@ -166,6 +175,25 @@ def _add_grad_arguments(grad: argparse.ArgumentParser) -> None:
         help="stop at the first operation whose value or gradient is NaN or infinite, and "
         "name it with its column in EXPR (exit status 1)",
     )
+    compile_choice = grad.add_mutually_exclusive_group()
+    compile_choice.add_argument(
+        "--compile",
+        action="store_true",
+        help="evaluate through a gpuflow.compile plan (fused regions, reused buffers); it "
+        "traces EXPR first, which costs about one eager evaluation",
+    )
+    compile_choice.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="evaluate eagerly, operation by operation (the default)",
+    )
+    grad.add_argument(
+        "--explain",
+        action="store_true",
+        help="compile, and print the plan first: its regions, their inputs and outputs, and "
+        "the bytes each reads and writes (on stderr with --json)",
+    )
+    scaling.add_arguments(grad)
 
 
 def select_wrt(wrt_text: str | None, names: list[str]) -> list[str]:
@@ -211,16 +239,21 @@ def _one_line(error: Exception) -> str:
     return text
 
 
-def compute(expression, inputs, wrt, backend):
+def compute(expression, inputs, wrt, backend, compiled=False, explain_to=None):
     """Evaluate the expression and its gradients on ``backend``; return NumPy arrays.
 
     The result is the value and a dict from each name of ``wrt`` to its gradient.
-    Errors of the engine (shape mismatches, invalid indices) become CommandError.
+    With ``compiled`` the expression runs as a gpuflow.compile plan, which is
+    printed to the file ``explain_to`` when that is given. Errors of the engine
+    (shape mismatches, invalid indices) become CommandError.
     """
     names = [item.name for item in inputs]
     function = expression.function(names)
     argnums = tuple(names.index(name) for name in wrt)
-    differentiate = gpuflow.value_and_grad(function, argnums, backend=backend)
+    if compiled:
+        differentiate = gpuflow.compile(function, argnums, backend=backend)
+    else:
+        differentiate = gpuflow.value_and_grad(function, argnums, backend=backend)
     try:
         # NaN and inf show in the printed results, so NumPy's warnings about them would
         # only add noise to stderr.
@@ -232,6 +265,10 @@ def compute(expression, inputs, wrt, backend):
         raise CommandError(
             "out of memory while evaluating the expression; use smaller inputs"
         ) from None
+    if compiled and explain_to is not None:
+        from gpuflow.compile import explain
+
+        print(explain(differentiate.plan), file=explain_to)
     value = numpy.asarray(backend.to_numpy(value))
     gradients = {
         name: numpy.asarray(backend.to_numpy(gradient)) for name, gradient in zip(wrt, grads)
@@ -244,7 +281,10 @@ def run_grad(args) -> int:
     expression = parse_expression(args.expression)
     if args.output is not None:
         check_output_path(args.output, args.inputs)
-    inputs = collect_inputs(args.assignments, args.inputs, args.random, args.seed)
+    scaling.check_arguments(args)
+    inputs = collect_inputs(
+        args.assignments, args.inputs, args.random, args.seed, scaling.mmap_mode(args)
+    )
     inputs = match_inputs(expression, cast_inputs(inputs, numpy.dtype(args.dtype)))
     names = [item.name for item in inputs]
     if not names:
@@ -255,11 +295,21 @@ def run_grad(args) -> int:
     wrt = select_wrt(args.wrt, names)
     _check_differentiable(inputs, wrt)
     backend = backends.get_backend(args.backend)
+    # A one-off command pays the trace on top of the plan, which is slower than eager
+    # evaluation (NOTE: measured on NumPy; see docs/compile.md), so compiling is opt-in.
+    # Anomaly mode checks operations as they run, which a compiled plan does not do.
+    compiled = (args.compile or args.explain) and not (args.no_compile or args.detect_anomaly)
+    explain_to = None
+    if args.explain:
+        explain_to = sys.stderr if args.json else sys.stdout
+    evaluate = functools.partial(compute, compiled=compiled, explain_to=explain_to)
+    if scaling.is_requested(args):
+        evaluate = functools.partial(scaling.compute, args=args)
     if args.detect_anomaly:
         with gpuflow.detect_anomaly():
-            value, grads = compute(expression, inputs, wrt, backend)
+            value, grads = evaluate(expression, inputs, wrt, backend)
     else:
-        value, grads = compute(expression, inputs, wrt, backend)
+        value, grads = evaluate(expression, inputs, wrt, backend)
 
     if args.output is not None:
         write_npz(args.output, value, grads)
@@ -295,6 +345,14 @@ def main(argv=None) -> int:
     run = run_grad if args.command == "grad" else _extra_commands()[args.command].run
     try:
         return run(args)
+    except BrokenPipeError:
+        # The reader stopped early (as in "gpuflow grad ... | head"); say nothing more.
+        sys.stdout = open(os.devnull, "w")
+        return 1
+    except OSError as error:
+        print(f"{PROGRAM} {args.command}: error: cannot write the output: {error}",
+              file=sys.stderr)
+        return 1
     except gpuflow.AnomalyError as error:
         print(f"{PROGRAM} {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1

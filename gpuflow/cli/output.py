@@ -6,6 +6,7 @@ import json
 import math
 import os
 import tempfile
+import zipfile
 
 import numpy
 
@@ -86,6 +87,11 @@ def check_output_path(path: str, input_paths) -> None:
         )
     if not os.path.exists(path):
         return
+    if not zipfile.is_zipfile(path):
+        raise CommandError(
+            f"--output {path} exists and is not an .npz archive, so gpuflow does not "
+            "overwrite it; remove it first or choose another output file"
+        )
     for input_path in input_paths:
         same = os.path.realpath(path) == os.path.realpath(input_path)
         if not same and os.path.exists(input_path):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import builtins
 
 from gpuflow.ops.registry import builtin_op, check_broadcast
-from gpuflow.tensor import Ones, state
+from gpuflow.tensor import Ones, Tensor, is_floating, state
 
 _abs = builtins.abs
 
@@ -125,7 +125,10 @@ def power(x1, x2):
 
 
 _square = _elementwise("square", lambda xp, x: xp.square(x), lambda g, out, x: (g * (2 * x),))
-_sqrt = _elementwise("sqrt", lambda xp, x: xp.sqrt(x), lambda g, out, x: (g / (2 * out),))
+# abs(out) makes the gradient at -0.0 +inf, like at +0.0; elsewhere out is positive.
+_sqrt = _elementwise(
+    "sqrt", lambda xp, x: xp.sqrt(x), lambda g, out, x: (g / (2 * abs(out)),)
+)
 
 
 def square(x):
@@ -230,7 +233,9 @@ def sigmoid(x):
 
 def _tanh_partial(xp, x):
     # 1 - tanh(x)**2 = 4 e / (1 + e)**2 with e = exp(-2|x|), exact where tanh(x) rounds to 1.
-    e = xp.exp(-2 * xp.abs(x))
+    # For |x| near the float maximum, -2|x| is -inf and e is 0, which is right.
+    with xp.errstate():
+        e = xp.exp(-2 * xp.abs(x))
     r = 1 / (1 + e)
     return 4 * e * r * r
 
@@ -394,10 +399,16 @@ def clip(x, a_min=None, a_max=None):
     return _clip(x, *bounds, lower=a_min is not None, upper=a_max is not None)
 
 
+def _astype_vjp(g, out, x, dtype):
+    # A cast to an integer or boolean dtype is piecewise constant: no gradient.
+    backend = out.backend if isinstance(out, Tensor) else state.raw_backend
+    return (g if is_floating(backend, out.dtype) else None,)
+
+
 _astype = builtin_op(
     "astype",
     lambda xp, x, dtype: xp.astype(x, _resolve_dtype(xp, dtype)),
-    lambda g, out, x, dtype: (g,),
+    _astype_vjp,
 )
 
 

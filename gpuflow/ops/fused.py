@@ -8,7 +8,7 @@ pass the rule is recorded from ordinary operations instead.
 
 from __future__ import annotations
 
-from gpuflow.ops.registry import builtin_op
+from gpuflow.ops.registry import builtin_op, check_broadcast
 from gpuflow.tensor import Ones, state
 
 
@@ -32,7 +32,13 @@ def _multiply_add_vjp(g, out, a, b, c, negate_product, negate_addend):
     return grad_a, grad_b, grad_c
 
 
-multiply_add_op = builtin_op("multiply_add", _multiply_add_forward, _multiply_add_vjp)
+multiply_add_op = builtin_op(
+    "multiply_add",
+    _multiply_add_forward,
+    _multiply_add_vjp,
+    check=check_broadcast,
+    elementwise=True,
+)
 
 
 def multiply_add(a, b, c, negate_product=False, negate_addend=False):

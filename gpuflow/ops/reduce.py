@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from gpuflow.ops.elementwise import astype, exp, where, zeros_like
+from gpuflow.ops.elementwise import astype, exp, isfinite, ones_like, sqrt, where, zeros_like
 from gpuflow.ops.registry import builtin_op
 from gpuflow.ops.shape import broadcast_to, reshape
 from gpuflow.tensor import is_floating
@@ -76,6 +76,9 @@ def accumulation_dtype(xp, dtype):
 def _sum_forward(xp, x, axis, keepdims):
     if not axis and is_floating(xp, x.dtype):
         return x  # A float sum over no axes is the input itself, as in NumPy.
+    if x.dtype == xp.bool:
+        # NumPy counts True values; the Array API standard sums numbers only.
+        return xp.sum(xp.astype(x, xp.int64), axis=axis, keepdims=keepdims)
     wide = accumulation_dtype(xp, x.dtype)
     if wide != x.dtype:
         total = xp.sum(xp.astype(x, wide), axis=axis, keepdims=keepdims)
@@ -176,12 +179,16 @@ def _logsumexp_forward(xp, x, axis, keepdims):
 
 
 def _logsumexp_vjp(g, out, x, axis, keepdims):
-    # The gradient is softmax(x) = exp(x - out); where out is -inf every term is
-    # -inf, the function is constant and the gradient is 0, not exp(NaN).
-    kept = reshape(out, _kept_shape(x.shape, axis))
-    empty = kept == -math.inf
-    safe = where(empty, zeros_like(kept), kept)
-    weights = where(empty, zeros_like(x), exp(x - safe))
+    # The gradient is softmax(x), computed from the shifted exponentials rather
+    # than exp(x - out): out has lost the small log-sum for large x (1e8 in
+    # float32), which would make every weight 1. Where every term is -inf the
+    # function is constant and the weights are 0.
+    shift = max(x, axis=axis, keepdims=True)
+    shift = where(isfinite(shift), shift, zeros_like(shift))
+    terms = exp(x - shift)
+    total = sum(terms, axis=axis, keepdims=True)
+    empty = total == 0
+    weights = where(empty, zeros_like(terms), terms / where(empty, ones_like(total), total))
     return (_expand(g, x.shape, axis, keepdims) * weights,)
 
 
@@ -194,7 +201,17 @@ def logsumexp(x, axis=None, keepdims=False):
 
 
 def _norm_forward(xp, x, axis, keepdims):
-    return xp.sqrt(xp.sum(x * x, axis=axis, keepdims=keepdims))
+    # Scale by the largest magnitude so that squaring neither overflows (3e30 in
+    # float32, 300 in float16) nor underflows (1e-200 in float64).
+    scale = xp.max(xp.abs(x), axis=axis, keepdims=True) if axis else xp.abs(x)
+    usable = xp.isfinite(scale) & (scale > 0)
+    safe = xp.where(usable, scale, xp.ones_like(scale))
+    scaled = x / safe
+    out = safe * xp.sqrt(xp.sum(scaled * scaled, axis=axis, keepdims=True))
+    out = xp.where(usable, out, scale)
+    if not keepdims:
+        out = xp.reshape(out, tuple(e for i, e in enumerate(x.shape) if i not in axis))
+    return out
 
 
 def _norm_vjp(g, out, x, axis, keepdims):

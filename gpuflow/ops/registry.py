@@ -59,6 +59,12 @@ class Operation:
             raise ValueError(f"an operation needs a non-empty string name, got {name!r}")
         if not callable(forward):
             raise TypeError(f"operation {name!r}: forward must be callable, got {forward!r}")
+        for label, function in (("vjp", vjp), ("forward_cached", forward_cached),
+                                ("vjp_cached", vjp_cached)):
+            if function is not None and not callable(function):
+                raise TypeError(
+                    f"operation {name!r}: {label} must be callable or None, got {function!r}"
+                )
         if (forward_cached is None) != (vjp_cached is None):
             raise TypeError(
                 f"operation {name!r}: pass forward_cached and vjp_cached together, or neither"

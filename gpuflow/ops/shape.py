@@ -50,6 +50,10 @@ def reshape(x, shape):
     """Return ``x`` with a new shape holding the same elements (one entry may be -1)."""
     if isinstance(shape, int):
         shape = (shape,)
+    if isinstance(shape, str) or not all(
+        hasattr(extent, "__index__") for extent in shape
+    ):
+        raise TypeError(f"reshape: shape must be a tuple of ints, got {shape!r:.60}")
     shape = tuple(int(extent) for extent in shape)
     if _shape_of(x) == shape and (isinstance(x, Tensor) or state.raw_backend is not None):
         return x
@@ -75,6 +79,8 @@ def transpose(x, axes=None):
         axes = tuple(reversed(range(ndim)))
     else:
         axes = tuple(axes)
+        if not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
+            raise TypeError(f"transpose: axes must be a tuple of ints, got {axes!r:.60}")
         if sorted(a % ndim if ndim else a for a in axes) != list(range(ndim)):
             raise ValueError(
                 f"transpose: axes {axes!r} are not a permutation of the {ndim} axes of an array "
@@ -203,6 +209,9 @@ def concatenate(arrays, axis=0):
     arrays = list(arrays)
     if not arrays:
         raise ValueError("concatenate: needs at least one array")
+    if axis is None:
+        # As in NumPy: flatten every array, then join them.
+        return _concatenate(*[reshape(array, (-1,)) for array in arrays], axis=0)
     axis = _normalize("concatenate", axis, len(_shape_of(arrays[0])))[0]
     return _concatenate(*arrays, axis=axis)
 
@@ -224,6 +233,8 @@ def stack(arrays, axis=0):
     arrays = list(arrays)
     if not arrays:
         raise ValueError("stack: needs at least one array")
+    if axis is None:
+        raise TypeError("stack: axis must be an int, got None; pass the position of the new axis")
     axis = _normalize("stack", axis, len(_shape_of(arrays[0])) + 1)[0]
     return _stack(*arrays, axis=axis)
 

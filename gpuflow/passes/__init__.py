@@ -1,5 +1,5 @@
 """Passes over recorded graphs."""
 
-from gpuflow.passes.fusion import fuse_multiply_add, fusion_enabled
+from gpuflow.passes.fusion import fuse, fuse_multiply_add, fuse_sigmoid, fusion_enabled
 
-__all__ = ["fuse_multiply_add", "fusion_enabled"]
+__all__ = ["fuse", "fuse_multiply_add", "fuse_sigmoid", "fusion_enabled"]

@@ -1,0 +1,320 @@
+"""Tests of gpuflow.compile: tracing, the plan passes, NumPy execution and CUDA code generation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gpuflow as gf
+from gpuflow.compile import explain, generated_cuda_source, passes
+from gpuflow.compile.plan import trace_plan
+from kernel_host import nvrtc_compile
+
+NUMPY = gf.get_backend("numpy")
+
+
+def quadratic(x, a, b, c):
+    return a * x**2 + b * x + c
+
+
+# Random expressions: a tree of operations over the inputs, kept in safe domains.
+
+_UNARY = ("exp", "tanh", "sigmoid", "square", "sqrt")
+_BINARY = ("add", "subtract", "multiply", "divide", "maximum", "where")
+
+
+def _expressions(count):
+    leaves = st.integers(0, count - 1).map(lambda index: ("input", index))
+
+    def extend(children):
+        unary = st.tuples(st.sampled_from(_UNARY), children)
+        binary = st.tuples(st.sampled_from(_BINARY), children, children)
+        return unary | binary
+
+    return st.recursive(leaves, extend, max_leaves=6)
+
+
+def _evaluate(tree, inputs):
+    kind = tree[0]
+    if kind == "input":
+        return inputs[tree[1]]
+    operands = [_evaluate(child, inputs) for child in tree[1:]]
+    if kind == "exp":
+        return gf.exp(gf.tanh(operands[0]))
+    if kind == "tanh":
+        return gf.tanh(operands[0])
+    if kind == "sigmoid":
+        return gf.sigmoid(operands[0])
+    if kind == "square":
+        return gf.square(operands[0])
+    if kind == "sqrt":
+        return gf.sqrt(operands[0] * operands[0] + 1.0)
+    first, second = operands
+    if kind == "add":
+        return first + second
+    if kind == "subtract":
+        return first - second
+    if kind == "multiply":
+        return first * second
+    if kind == "divide":
+        return first / (second * second + 1.0)
+    if kind == "maximum":
+        return gf.maximum(first, second)
+    return gf.where(first > second, first, second * 2.0)
+
+
+def _function_of(tree, count):
+    def function(*inputs):
+        return _evaluate(tree, inputs[:count])
+
+    return function
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    count=st.integers(1, 3),
+    data=st.data(),
+    size=st.sampled_from([1, 7]),
+    seed=st.integers(0, 2**16),
+)
+def test_compiled_matches_eager(count, data, size, seed):
+    tree = data.draw(_expressions(count))
+    rng = np.random.default_rng(seed)
+    inputs = [rng.uniform(-2.0, 2.0, size) for _ in range(count)]
+    argnums = tuple(range(count))
+    function = _function_of(tree, count)
+    value, grads = gf.compile(function, argnums)(*inputs)
+    expected_value, expected_grads = gf.value_and_grad(function, argnums)(*inputs)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-10, atol=1e-12)
+    for got, expected in zip(grads, expected_grads):
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_quadratic_matches_eager():
+    x = np.linspace(-1.0, 2.0, 11)
+    compiled = gf.compile(quadratic, (0, 1, 2, 3))(x, 2.0, 1.0, 4.0)
+    eager = gf.value_and_grad(quadratic, (0, 1, 2, 3))(x, 2.0, 1.0, 4.0)
+    np.testing.assert_allclose(compiled[0], eager[0], rtol=1e-12)
+    for got, expected in zip(compiled[1], eager[1]):
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("x", [3.0, np.linspace(0.0, 1.0, 1000)])
+def test_quadratic_is_one_region(x):
+    compiled = gf.compile(quadratic, (0, 1, 2, 3))
+    compiled(x, 2.0, 1.0, 4.0)
+    regions = compiled.plan.regions
+    assert len(regions) == 1, explain(compiled.plan)
+    assert regions[0].fused
+
+
+def _traced(function, args, argnums):
+    names = [f"x{position}" for position in range(len(args))]
+    arrays = [np.asarray(value, dtype=np.float64) for value in args]
+    plan, _ = trace_plan(function, arrays, argnums, names, NUMPY)
+    return plan
+
+
+def test_dead_code_removes_unused_gradient():
+    def product(x, y):
+        return gf.exp(x) * gf.sin(y)
+
+    plan = _traced(product, [0.5, 0.25], (0, 1))
+    without_y = plan.replace(outputs=plan.outputs[:2], output_names=plan.output_names[:2])
+    pruned = passes.eliminate_dead_code(without_y)
+    assert "cos" in [step.name for step in plan.steps]
+    assert "cos" not in [step.name for step in pruned.steps]
+    assert len(pruned.steps) < len(plan.steps)
+
+
+def test_dead_code_removes_unused_forward():
+    def wasteful(x):
+        gf.log(x)
+        return gf.exp(x)
+
+    plan = passes.eliminate_dead_code(_traced(wasteful, [0.5], (0,)))
+    assert "log" not in [step.name for step in plan.steps]
+
+
+def test_common_subexpressions_merge():
+    def repeated(x):
+        return gf.exp(x * 2.0) + gf.exp(x * 2.0)
+
+    plan = _traced(repeated, [0.5], (0,))
+    before = [step.name for step in plan.steps].count("exp")
+    merged = passes.eliminate_common_subexpressions(plan)
+    after = [step.name for step in merged.steps].count("exp")
+    assert before == 2
+    assert after == 1
+
+
+def test_folding_removes_seed_multiplications():
+    plan = _traced(lambda x: gf.exp(x), [np.ones(4)], (0,))
+    seed_uses = [
+        step for step in plan.steps if any(slot in plan.constants for slot in step.inputs)
+    ]
+    assert seed_uses, "the traced backward pass should multiply by the seed"
+    folded = passes.fold_constants(plan)
+    assert [step.name for step in folded.steps] == ["exp"]
+    assert folded.outputs[0] == folded.outputs[1]
+
+
+def test_folding_evaluates_constant_steps():
+    plan = _traced(lambda x: x * (gf.exp(np.asarray(0.0)) + 1.0), [0.5], (0,))
+    assert "exp" in [step.name for step in plan.steps]
+    folded = passes.fold_constants(plan)
+    assert "exp" not in [step.name for step in folded.steps]
+    assert all(any(slot not in folded.constants for slot in step.inputs)
+               for step in folded.steps)
+
+
+def test_new_signature_traces_again():
+    compiled = gf.compile(gf.sigmoid)
+    compiled(np.zeros(3))
+    compiled(np.ones(3))
+    assert compiled.traces == 1
+    compiled(np.zeros(4))
+    assert compiled.traces == 2
+    compiled(np.zeros(4, dtype=np.float32))
+    assert compiled.traces == 3
+    compiled(np.zeros(3))
+    assert compiled.traces == 3
+
+
+def test_graph_and_plan_print():
+    compiled = gf.compile(quadratic, (0, 1, 2, 3))
+    compiled(3.0, 2.0, 1.0, 4.0)
+    assert "power(x, exponent=2)" in str(compiled.graph)
+    assert "return value=" in str(compiled.plan)
+    assert "region 0 (fused" in explain(compiled.plan)
+
+
+def test_comparison_replays_on_new_values():
+    relu_like = gf.compile(lambda x: gf.where(x > 0.0, x, 0.0 * x))
+    first = relu_like(np.array([1.0, -1.0]))
+    second = relu_like(np.array([-1.0, 1.0]))
+    np.testing.assert_array_equal(first[1], [1.0, 0.0])
+    np.testing.assert_array_equal(second[1], [0.0, 1.0])
+
+
+def test_buffers_are_reused():
+    compiled = gf.compile(lambda x: gf.sum(gf.exp(((x + 1.0) * 2.0 - 3.0) / 4.0)))
+    compiled(np.ones(100))
+    program = compiled.cache[next(iter(compiled.cache))][2]
+    assert program.pool_bytes() == 100 * 8
+
+
+def test_results_are_not_shared():
+    compiled = gf.compile(lambda x: x * 1.0)
+    x = np.ones(3)
+    value, gradient = compiled(x)
+    assert value is not x
+    assert not np.shares_memory(value, gradient)
+
+
+CUDA_FUNCTIONS = {
+    "quadratic": (quadratic, (0, 1, 2, 3), lambda dtype: (np.ones(8, dtype), 2.0, 1.0, 4.0)),
+    "sigmoid": (lambda x: gf.sigmoid(x), 0, lambda dtype: (np.ones(8, dtype),)),
+    "root": (
+        lambda a, b, c: (-b + gf.sqrt(b**2 - 4 * a * c)) / (2 * a),
+        (0, 1, 2),
+        lambda dtype: tuple(np.full(8, value, dtype) for value in (1.0, 5.0, 1.0)),
+    ),
+    "mixed": (
+        lambda x, y: gf.mean(gf.where(x > y, gf.tanh(x), gf.maximum(x, y) / (y * y + 1.0))),
+        (0, 1),
+        lambda dtype: (np.ones(8, dtype), np.zeros(8, dtype)),
+    ),
+}
+
+
+@pytest.mark.parametrize("architecture", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(CUDA_FUNCTIONS))
+def test_generated_source_compiles(name, dtype, architecture):
+    function, argnums, make_args = CUDA_FUNCTIONS[name]
+    compiled = gf.compile(function, argnums)
+    compiled(*make_args(dtype))
+    source = generated_cuda_source(compiled.plan)
+    options = ["--std=c++14", f"--gpu-architecture={architecture}", "-Werror=all-warnings"]
+    result = nvrtc_compile(source, f"{name}.cu", options)
+    assert result.succeeded, f"NVRTC {result.status}:\n{result.log}\n{source}"
+    assert result.log == "", f"NVRTC log:\n{result.log}"
+    for index, region in enumerate(compiled.plan.regions):
+        if region.fused:
+            assert f".entry gpuflow_region{index}" in result.ptx
+
+
+def _run_command(capsys, *arguments):
+    from gpuflow.cli.main import main
+
+    status = main(["grad", *arguments])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_command_compiled_matches_eager(capsys):
+    arguments = ["a*x**2 + b*x + c", "x=1,2,3", "a=2", "b=1", "c=4", "--json"]
+    status, compiled, _ = _run_command(capsys, *arguments, "--compile")
+    eager_status, eager, _ = _run_command(capsys, *arguments, "--no-compile")
+    assert status == 0
+    assert eager_status == 0
+    assert json.loads(compiled) == json.loads(eager)
+
+
+def test_command_explain_prints_regions(capsys):
+    status, out, _ = _run_command(capsys, "a*x**2 + b*x + c", "x=1,2,3", "a=2", "b=1", "c=4",
+                                  "--explain")
+    assert status == 0
+    assert out.startswith("1 region(s)")
+    assert "bytes:" in out
+    assert "grad x:" in out
+
+
+def test_command_explain_with_json_uses_stderr(capsys):
+    status, out, err = _run_command(capsys, "sigmoid(x)", "x=1,2", "--explain", "--json")
+    assert status == 0
+    assert "region 0" in err
+    assert json.loads(out)["grad"]["x"]
+
+
+def test_sigmoid_gradient_becomes_one_step():
+    plan = passes.optimize(_traced(gf.sigmoid, [np.linspace(-3.0, 3.0, 5)], (0,)))
+    names = [step.name for step in plan.steps]
+    assert names == ["sigmoid", "sigmoid_partial"]
+
+
+def test_compile_inside_grad_raises():
+    compiled = gf.compile(gf.exp)
+
+    def outer(x):
+        return compiled(x)[0]
+
+    with pytest.raises(TypeError, match="does not nest inside grad"):
+        gf.grad(outer)(1.0)
+
+
+def test_static_argument_traces_again():
+    compiled = gf.compile(lambda x, power: x**power)
+    first = compiled(np.array([2.0]), 2)
+    second = compiled(np.array([2.0]), 3)
+    assert compiled.traces == 2
+    np.testing.assert_allclose(first[1], [4.0])
+    np.testing.assert_allclose(second[1], [12.0])
+
+
+def test_array_api_strict_runs_step_by_step():
+    strict = pytest.importorskip("array_api_strict")
+    x = strict.asarray([0.5, -1.0, 2.0])
+    compiled = gf.compile(quadratic, (0, 1))
+    value, (gx, ga) = compiled(x, strict.asarray(2.0), 1.0, 4.0)
+    expected_value, (expected_gx, expected_ga) = gf.value_and_grad(quadratic, (0, 1))(
+        x, strict.asarray(2.0), 1.0, 4.0
+    )
+    np.testing.assert_allclose(np.asarray(value), np.asarray(expected_value), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(gx), np.asarray(expected_gx), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(ga), np.asarray(expected_ga), rtol=1e-12)
