@@ -2,8 +2,9 @@
 
 Usage: python benchmarks/report.py RESULTS.json
 
-Within each benchmark group the test whose name ends in ``_numpy`` is the
-baseline; every other test in the group is reported as a ratio of medians.
+Within each benchmark group the test whose name ends in ``_numpy`` (or ``_out``,
+hand-written NumPy with out= buffers) is the baseline; every other test in the
+group is reported as a ratio of medians.
 """
 
 from __future__ import annotations
@@ -23,19 +24,23 @@ def _megabytes(count) -> str:
     return "-" if count is None else f"{count / 2**20:.0f} MiB"
 
 
+def _is_baseline(bench: dict) -> bool:
+    return bench["name"].endswith(("_numpy", "_out"))
+
+
 def summarize(results: dict) -> str:
     """Return a Markdown table of the groups in a pytest-benchmark result."""
     groups = defaultdict(list)
     for bench in results["benchmarks"]:
         groups[bench["group"] or ""].append(bench)
     lines = [
-        "| workload | implementation | median | ratio to NumPy | peak memory per call |",
+        "| workload | implementation | median | ratio to baseline | peak memory per call |",
         "|---|---|---|---|---|",
     ]
     for group in sorted(groups):
         benches = groups[group]
-        baseline = next((b for b in benches if b["name"].endswith("_numpy")), None)
-        for bench in sorted(benches, key=lambda b: not b["name"].endswith("_numpy")):
+        baseline = next((b for b in benches if _is_baseline(b)), None)
+        for bench in sorted(benches, key=lambda b: not _is_baseline(b)):
             median = bench["stats"]["median"]
             ratio = median / baseline["stats"]["median"] if baseline else float("nan")
             implementation = bench["name"].rsplit("_", 1)[-1]

@@ -138,8 +138,11 @@ def _constant(value, backend):
     return Tensor._wrap(_to_backend(value, backend), backend)
 
 
-def _is_traced(value) -> bool:
-    return isinstance(value, Tensor) and value.requires_grad
+def _any_traced(values) -> bool:
+    for value in values:
+        if isinstance(value, Tensor) and value.requires_grad:
+            return True
+    return False
 
 
 def _evaluate(f, numbers, args, kwargs, backend_spec):
@@ -156,23 +159,25 @@ def _evaluate(f, numbers, args, kwargs, backend_spec):
 
 def _evaluate_once(f, numbers, args, kwargs, backend_spec):
     backend = _choose_backend(backend_spec, [args[i] for i in numbers])
-    # Inside an enclosing grad the arguments are traced Tensors; the backward
-    # pass is then recorded, so the enclosing grad can differentiate it.
-    # Inside an enclosing grad (a tape is active) the function may also capture
-    # traced values from the enclosing function, so the pass is recorded then too.
+    # Inside an enclosing grad the arguments are traced Tensors, or the function
+    # may capture traced values (a tape is active). The backward pass is then
+    # recorded, so that the enclosing grad can differentiate it.
     nested = state.recording and (
-        state.tape is not None
-        or any(_is_traced(value) for value in args)
-        or any(_is_traced(value) for value in kwargs.values())
+        state.tape is not None or _any_traced(args) or _any_traced(kwargs.values())
     )
 
-    call_args = [
-        value if position in numbers else _constant(value, backend)
-        for position, value in enumerate(args)
-    ]
+    call_args = list(args)
+    for position, value in enumerate(args):
+        if position not in numbers and not isinstance(value, _NUMBER_TYPES):
+            call_args[position] = _constant(value, backend)
     targets = []
     for number in numbers:
-        target = _target(f, args, number, backend, nested)
+        value = args[number]
+        if type(value) is float:
+            # The common case of a Python float needs no conversion checks.
+            target = Tensor._wrap(backend.asarray(value), backend, requires_grad=True)
+        else:
+            target = _target(f, args, number, backend, nested)
         call_args[number] = target
         targets.append(target)
 

@@ -137,11 +137,13 @@ def _walk(computed, grads, found, target_ids, useful, create_graph, free):
     With ``free``, each visited node drops its inputs and cache and leaves the
     list, so intermediate arrays are released as soon as the pass is past them.
     """
+    anomaly = state.anomaly
+    pop = grads.pop
     for position in range(len(computed) - 1, -1, -1):
         tensor = computed[position]
         if free:
             computed[position] = None
-        g = grads.pop(id(tensor), None)
+        g = pop(id(tensor), None)
         if g is None:
             continue
         if id(tensor) in target_ids:
@@ -154,7 +156,7 @@ def _walk(computed, grads, found, target_ids, useful, create_graph, free):
                 "values were freed after the first backward pass; pass retain_graph=True "
                 "to the first call to run backward more than once"
             )
-        _propagate(tensor, node, g, grads, useful, create_graph)
+        _propagate(tensor, node, g, grads, useful, create_graph, anomaly)
         if free:
             node.free()
 
@@ -174,7 +176,7 @@ def _leads_to(order, target_ids):
     return useful
 
 
-def _propagate(tensor, node, g, grads, useful, create_graph):
+def _propagate(tensor, node, g, grads, useful, create_graph, anomaly):
     op = node.op
     inputs = node.inputs
     params = node.params
@@ -194,7 +196,6 @@ def _propagate(tensor, node, g, grads, useful, create_graph):
             f"{len(inputs)} inputs; return one per input, None where there is none"
         )
 
-    anomaly = state.anomaly
     for position, parent in enumerate(inputs):
         parent_grad = input_grads[position]
         if parent_grad is None or not parent.requires_grad:

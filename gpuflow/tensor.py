@@ -307,29 +307,32 @@ class Tensor:
 
     # Operators, each a recorded operation.
 
+    # The arithmetic operators apply their operations directly, which saves two
+    # Python calls per operation in small graphs.
+
     def __add__(self, other):
-        return _ops.add(self, other)
+        return apply(_elementwise._add, (self, other), {})
 
     def __radd__(self, other):
-        return _ops.add(other, self)
+        return apply(_elementwise._add, (other, self), {})
 
     def __sub__(self, other):
-        return _ops.subtract(self, other)
+        return apply(_elementwise._subtract, (self, other), {})
 
     def __rsub__(self, other):
-        return _ops.subtract(other, self)
+        return apply(_elementwise._subtract, (other, self), {})
 
     def __mul__(self, other):
-        return _ops.multiply(self, other)
+        return apply(_elementwise._multiply, (self, other), {})
 
     def __rmul__(self, other):
-        return _ops.multiply(other, self)
+        return apply(_elementwise._multiply, (other, self), {})
 
     def __truediv__(self, other):
-        return _ops.divide(self, other)
+        return apply(_elementwise._divide, (self, other), {})
 
     def __rtruediv__(self, other):
-        return _ops.divide(other, self)
+        return apply(_elementwise._divide, (other, self), {})
 
     def __pow__(self, other):
         return _ops.power(self, other)
@@ -672,3 +675,4 @@ def _convert_inputs(op, inputs, backend):
 
 # Imported last because the operations import this module; Tensor's operators use them.
 from gpuflow import ops as _ops  # noqa: E402
+from gpuflow.ops import elementwise as _elementwise  # noqa: E402

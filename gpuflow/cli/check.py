@@ -24,7 +24,7 @@ import numpy
 
 from gpuflow import backends
 from gpuflow.cli import CommandError
-from gpuflow.cli.inputs import cast_inputs, collect_inputs, match_inputs
+from gpuflow.cli.inputs import add_input_arguments, cast_inputs, collect_inputs, match_inputs
 from gpuflow.cli.parser import FUNCTIONS, parse_expression
 from gpuflow.ops.registry import Operation
 from gpuflow.testing import (
@@ -69,29 +69,7 @@ input (one line on stderr)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("expression", metavar="EXPR", help="the expression to check")
-    parser.add_argument(
-        "assignments",
-        metavar="NAME=VALUE",
-        nargs="*",
-        help="an input: a number (0-d array) or numbers separated by commas (1-d array)",
-    )
-    parser.add_argument(
-        "--inputs",
-        metavar="FILE",
-        nargs="+",
-        action="extend",
-        default=[],
-        help="a .npz file (one input per key) or a .npy file (input named by the file stem)",
-    )
-    parser.add_argument(
-        "--random",
-        metavar="NAME=SHAPE",
-        nargs="+",
-        action="extend",
-        default=[],
-        help="a standard normal input of SHAPE, sizes joined by x: x=1000 or X=100x3",
-    )
+    add_input_arguments(parser, "the expression to check")
     parser.add_argument(
         "--seed",
         type=int,

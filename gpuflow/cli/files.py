@@ -28,12 +28,13 @@ def check_output_folder(path: str, option: str) -> None:
                            f"{os.path.join(path, 'out')}")
 
 
-def write_atomic(path: str, data: bytes, option: str) -> None:
+def write_atomic(path: str, data, option: str) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder.
 
-    The temporary file replaces ``path`` with os.replace only once it is
-    complete, so a failure leaves no partly written file at ``path``. ``option``
-    names the command-line option in error messages.
+    ``data`` is bytes, or a function that writes to the open binary file. The
+    temporary file replaces ``path`` with os.replace only once it is complete,
+    so a failure leaves no partly written file at ``path``. ``option`` names
+    the command-line option in error messages.
     """
     folder = os.path.dirname(os.path.abspath(path))
     try:
@@ -44,7 +45,10 @@ def write_atomic(path: str, data: bytes, option: str) -> None:
         raise _write_error(path, folder, error, option) from None
     try:
         with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
+            if callable(data):
+                data(file)
+            else:
+                file.write(data)
         # mkstemp creates the file readable by its owner only, so give it the usual mode.
         os.chmod(temporary, 0o666 & ~_current_umask())
         os.replace(temporary, path)

@@ -15,7 +15,7 @@ import gpuflow
 from gpuflow import backends, viz
 from gpuflow.cli import CommandError
 from gpuflow.cli.files import check_output_folder, write_atomic
-from gpuflow.cli.inputs import cast_inputs, collect_inputs, match_inputs
+from gpuflow.cli.inputs import add_input_arguments, cast_inputs, collect_inputs, match_inputs
 from gpuflow.cli.parser import parse_expression
 
 NAME = "graph"
@@ -56,29 +56,7 @@ SUFFIX_FORMATS = {".dot": "dot", ".gv": "dot", ".svg": "svg", ".png": "png"}
 
 def add_arguments(parser) -> None:
     """Add the arguments of ``gpuflow graph`` to ``parser``."""
-    parser.add_argument("expression", metavar="EXPR", help="the expression to draw")
-    parser.add_argument(
-        "assignments",
-        metavar="NAME=VALUE",
-        nargs="*",
-        help="an input: a number (0-d array) or numbers separated by commas (1-d array)",
-    )
-    parser.add_argument(
-        "--inputs",
-        metavar="FILE",
-        nargs="+",
-        action="extend",
-        default=[],
-        help="a .npz file (one input per key) or a .npy file (input named by the file stem)",
-    )
-    parser.add_argument(
-        "--random",
-        metavar="NAME=SHAPE",
-        nargs="+",
-        action="extend",
-        default=[],
-        help="a standard normal input of SHAPE, sizes joined by x: x=1000 or X=100x3",
-    )
+    add_input_arguments(parser, "the expression to draw")
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the random generator of --random (default 0)"
     )

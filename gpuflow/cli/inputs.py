@@ -300,3 +300,30 @@ def match_inputs(expression, inputs) -> list[Input]:
             "remove it or correct its spelling"
         )
     return [item for item in inputs if item.name in names]
+
+
+def add_input_arguments(parser, expression_help: str) -> None:
+    """Add EXPR, NAME=VALUE, --inputs and --random, shared by the subcommands, to ``parser``."""
+    parser.add_argument("expression", metavar="EXPR", help=expression_help)
+    parser.add_argument(
+        "assignments",
+        metavar="NAME=VALUE",
+        nargs="*",
+        help="an input: a number (0-d array) or numbers separated by commas (1-d array)",
+    )
+    parser.add_argument(
+        "--inputs",
+        metavar="FILE",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="a .npz file (one input per key) or a .npy file (input named by the file stem)",
+    )
+    parser.add_argument(
+        "--random",
+        metavar="NAME=SHAPE",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="a standard normal input of SHAPE, sizes joined by x: x=1000 or X=100x3",
+    )

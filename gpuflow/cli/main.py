@@ -17,7 +17,7 @@ import numpy
 import gpuflow
 from gpuflow import backends
 from gpuflow.cli import CommandError, scaling
-from gpuflow.cli.inputs import cast_inputs, collect_inputs, match_inputs
+from gpuflow.cli.inputs import add_input_arguments, cast_inputs, collect_inputs, match_inputs
 from gpuflow.cli.output import check_output_path, format_json, format_text, write_npz
 from gpuflow.cli.parser import FUNCTIONS, ExpressionError, parse_expression
 
@@ -110,29 +110,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, dict]:
 
 
 def _add_grad_arguments(grad: argparse.ArgumentParser) -> None:
-    grad.add_argument("expression", metavar="EXPR", help="the expression to differentiate")
-    grad.add_argument(
-        "assignments",
-        metavar="NAME=VALUE",
-        nargs="*",
-        help="an input: a number (0-d array) or numbers separated by commas (1-d array)",
-    )
-    grad.add_argument(
-        "--inputs",
-        metavar="FILE",
-        nargs="+",
-        action="extend",
-        default=[],
-        help="a .npz file (one input per key) or a .npy file (input named by the file stem)",
-    )
-    grad.add_argument(
-        "--random",
-        metavar="NAME=SHAPE",
-        nargs="+",
-        action="extend",
-        default=[],
-        help="a standard normal input of SHAPE, sizes joined by x: x=1000 or X=100x3",
-    )
+    add_input_arguments(grad, "the expression to differentiate")
 
     grad.add_argument(
         "--seed",

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import zipfile
 
 import numpy
 
 from gpuflow.cli import CommandError
+from gpuflow.cli.files import write_atomic
 
 # Arrays with more elements than this print as a summary of their first and last elements.
 SUMMARY_THRESHOLD = 20
@@ -103,50 +103,15 @@ def check_output_path(path: str, input_paths) -> None:
             )
 
 
-def _current_umask() -> int:
-    # os.umask can only be read by setting it, so set it back at once.
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
 def write_npz(path: str, value: numpy.ndarray, grads: dict) -> None:
     """Write the keys value and grad_NAME to ``path`` through a temporary file in its folder.
 
-    The temporary file is renamed over ``path`` with os.replace only once it is
-    complete, so a failure leaves no partly written file at ``path``.
+    The temporary file is renamed over ``path`` only once it is complete, so a
+    failure leaves no partly written file at ``path``.
     """
     arrays = {"value": value}
     for name, gradient in grads.items():
         arrays[f"grad_{name}"] = gradient
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        descriptor, temporary = tempfile.mkstemp(
-            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder
-        )
-    except OSError as error:
-        raise _write_error(path, folder, error) from None
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            numpy.savez(file, **arrays)
-        # mkstemp creates the file readable by its owner only; give it the usual mode.
-        os.chmod(temporary, 0o666 & ~_current_umask())
-        os.replace(temporary, path)
-    except BaseException as error:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        if isinstance(error, OSError):
-            raise _write_error(path, folder, error) from None
-        raise
+    write_atomic(path, lambda file: numpy.savez(file, **arrays), "--output")
 
 
-def _write_error(path: str, folder: str, error: OSError) -> CommandError:
-    if isinstance(error, FileNotFoundError) and not os.path.isdir(folder):
-        return CommandError(
-            f"cannot write {path}: the folder {folder} does not exist; create it or choose "
-            "another --output"
-        )
-    reason = error.strerror or str(error)
-    return CommandError(f"cannot write {path}: {reason}; choose another --output")
