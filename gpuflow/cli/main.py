@@ -273,8 +273,8 @@ def run_grad(args) -> int:
     wrt = select_wrt(args.wrt, names)
     _check_differentiable(inputs, wrt)
     backend = backends.get_backend(args.backend)
-    # A one-off command pays the trace on top of the plan, which is slower than eager
-    # evaluation (NOTE: measured on NumPy; see docs/compile.md), so compiling is opt-in.
+    # A one-off command pays for the trace on top of the plan, so compiling is opt-in.
+    # NOTE: that cost was measured on NumPy only; see docs/compile.md.
     # Anomaly mode checks operations as they run, which a compiled plan does not do.
     compiled = (args.compile or args.explain) and not (args.no_compile or args.detect_anomaly)
     explain_to = None
@@ -324,7 +324,7 @@ def main(argv=None) -> int:
     try:
         return run(args)
     except BrokenPipeError:
-        # The reader stopped early (as in "gpuflow grad ... | head"); say nothing more.
+        # The reader stopped early (as in "gpuflow grad ... | head"), so write nothing more.
         sys.stdout = open(os.devnull, "w")
         return 1
     except OSError as error:

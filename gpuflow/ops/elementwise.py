@@ -374,8 +374,11 @@ def _clip_vjp(g, out, x, *bounds, lower, upper):
     bounds = list(bounds)
     low = bounds.pop(0) if lower else None
     high = bounds.pop(0) if upper else None
-    by_upper = (maximum(x, low) if lower else x) > high if upper else None
-    by_lower = x < low if lower else None
+    by_upper = by_lower = None
+    if upper:
+        by_upper = (maximum(x, low) if lower else x) > high
+    if lower:
+        by_lower = x < low
     if lower and upper:
         by_lower = logical_and(by_lower, logical_not(by_upper))
     grads = []

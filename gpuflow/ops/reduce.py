@@ -1,15 +1,15 @@
 """Reductions over an axis, several axes or all of them, with NumPy's ``axis`` and ``keepdims``.
 
 ``axis=None`` reduces every axis and ``axis=()`` reduces none, as in NumPy.
-A tie in ``max`` or ``min`` splits the gradient evenly among the tied elements;
-the norm has gradient 0 at the origin; ``logsumexp`` of all -inf has gradient 0.
+A tie in ``max`` or ``min`` splits the gradient evenly among the tied elements.
+The norm has gradient 0 at the origin, and ``logsumexp`` of all -inf has gradient 0.
 """
 
 from __future__ import annotations
 
 import math
 
-from gpuflow.ops.elementwise import astype, exp, isfinite, ones_like, sqrt, where, zeros_like
+from gpuflow.ops.elementwise import astype, exp, isfinite, ones_like, where, zeros_like
 from gpuflow.ops.registry import builtin_op
 from gpuflow.ops.shape import broadcast_to, reshape
 from gpuflow.tensor import is_floating
@@ -125,8 +125,7 @@ def mean(x, axis=None, keepdims=False):
 
 def _extremum_vjp(g, out, x, axis, keepdims):
     # Every element equal to the extremum shares the gradient evenly.
-    kept = _kept_shape(x.shape, axis)
-    hit = x == reshape(out, kept)
+    hit = x == reshape(out, _kept_shape(x.shape, axis))
     count = sum(astype(hit, g.dtype), axis=axis, keepdims=True)
     share = _expand(g, x.shape, axis, keepdims) / count
     return (where(hit, share, zeros_like(x)),)
@@ -216,9 +215,9 @@ def _norm_forward(xp, x, axis, keepdims):
 
 def _norm_vjp(g, out, x, axis, keepdims):
     # x / norm(x), with the zero subgradient at the origin instead of 0 / 0.
-    kept = reshape(out, _kept_shape(x.shape, axis))
-    origin = kept == 0
-    safe = where(origin, zeros_like(kept) + 1, kept)
+    norm_kept = reshape(out, _kept_shape(x.shape, axis))
+    origin = norm_kept == 0
+    safe = where(origin, zeros_like(norm_kept) + 1, norm_kept)
     direction = where(origin, zeros_like(x), x / safe)
     return (_expand(g, x.shape, axis, keepdims) * direction,)
 

@@ -19,8 +19,8 @@ the output array.
 for an input without one): the vector-Jacobian product of the upstream
 gradient ``g`` with the local partial derivatives. Write it with Python
 operators and ``gpuflow`` functions only. In a first-order backward pass the
-arguments are plain arrays and those functions run directly on them; with
-``create_graph=True`` they are Tensors and the same rule is recorded, which is
+arguments are plain arrays and those functions run directly on them. With
+``create_graph=True`` they are Tensors, and the same rule is recorded, which is
 where second derivatives come from. The rule returns gradients of the
 output's (broadcast) shape: the engine sums each one back to its input's
 shape and casts it to the input's dtype, and it adds the gradients that meet
@@ -83,7 +83,9 @@ class Operation:
         # Built-in rules do; user rules get a real array.
         self.symbolic_ones = symbolic_ones
         # Input positions cast to a common dtype first: True for all, None for none.
-        self.promotes = promotes if promotes is not None else (True if elementwise else None)
+        if promotes is None and elementwise:
+            promotes = True
+        self.promotes = promotes
 
     def _missing_vjp(self, g, out, *inputs, **params):
         raise TypeError(

@@ -257,8 +257,8 @@ def _getitem_forward(xp, x, key):
         if not xp.native_indexing and xp.is_array(key):
             # The standard's integer-array indexing needs an index on every axis, so
             # one index array on the first axis goes through take instead.
-            taken = xp.take(x, xp.reshape(key, (-1,)), axis=0)
-            return xp.reshape(taken, tuple(key.shape) + tuple(x.shape[1:]))
+            rows = xp.take(x, xp.reshape(key, (-1,)), axis=0)
+            return xp.reshape(rows, tuple(key.shape) + tuple(x.shape[1:]))
         return x[key]
     except IndexError as error:
         raise IndexError(
@@ -297,7 +297,7 @@ def _normalize_key(x, key):
         elif isinstance(part, list):
             part = backend.asarray(part) if backend is not None else part
         normalized.append(part)
-    # The Array API standard asks for an index on every axis; a trailing Ellipsis
+    # The Array API standard requires an index on every axis; a trailing Ellipsis
     # gives NumPy's meaning of a shorter basic index on every backend.
     basic = all(part is None or isinstance(part, (int, slice)) for part in normalized)
     if basic and Ellipsis not in normalized:
