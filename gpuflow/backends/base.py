@@ -32,9 +32,17 @@ class Backend:
         self.namespace = namespace
         if name is not None:
             self.name = name
-        for attribute in dir(namespace):
+        # Only what the module has already loaded: reading every name of dir() would
+        # import lazy submodules (numpy.testing, numpy.f2py), which takes a while.
+        for attribute, value in vars(namespace).items():
             if not attribute.startswith("_") and not hasattr(type(self), attribute):
-                setattr(self, attribute, getattr(namespace, attribute))
+                setattr(self, attribute, value)
+
+    def __getattr__(self, name):
+        # Names not copied above, such as lazily loaded submodules.
+        if name.startswith("__") or name == "namespace":
+            raise AttributeError(name)
+        return getattr(self.namespace, name)
 
     def __repr__(self) -> str:
         return f"<gpuflow backend {self.name!r}>"
