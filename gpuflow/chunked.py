@@ -61,8 +61,7 @@ def find_batch(shapes, batch_argnums=None, names=None) -> tuple[int | None, tupl
     names = names or [f"argument {position}" for position in range(len(shapes))]
     leading = [shape[0] if shape else None for shape in shapes]
     if batch_argnums is not None:
-        positions = (batch_argnums,) if isinstance(batch_argnums, int) else tuple(batch_argnums)
-        positions = tuple(position % len(shapes) for position in positions)
+        positions = _batch_positions(batch_argnums, len(shapes))
         lengths = {leading[position] for position in positions}
         if None in lengths or len(lengths) != 1:
             listed = ", ".join(
@@ -72,15 +71,41 @@ def find_batch(shapes, batch_argnums=None, names=None) -> tuple[int | None, tupl
                 f"the batched inputs disagree on the batch length: {listed}; pass batched "
                 "inputs that are arrays with the same leading dimension"
             )
-        length = lengths.pop()
-    else:
-        known = [dimension for dimension in leading if dimension is not None]
-        if not known:
-            return None, ()
-        length = max(known)
+        # The named arguments alone are batched; the others are shared.
+        return lengths.pop(), positions
+    known = [dimension for dimension in leading if dimension is not None]
+    if not known:
+        return None, ()
+    length = max(known)
     batched = tuple(position for position, dimension in enumerate(leading)
                     if dimension == length)
     return length, batched
+
+
+def _batch_positions(batch_argnums, count: int) -> tuple[int, ...]:
+    """Check ``batch_argnums`` against ``count`` arguments and return it as a tuple."""
+    if hasattr(batch_argnums, "__index__") and not isinstance(batch_argnums, bool):
+        numbers = (batch_argnums,)
+    elif isinstance(batch_argnums, (tuple, list)) and batch_argnums:
+        numbers = tuple(batch_argnums)
+    else:
+        raise TypeError(
+            f"batch_argnums must be an int or a non-empty tuple of ints, got {batch_argnums!r}"
+        )
+    positions = []
+    for number in numbers:
+        if isinstance(number, bool) or not hasattr(number, "__index__"):
+            raise TypeError(f"batch_argnums must contain ints, got {number!r}")
+        number = int(number)
+        if not -count <= number < count:
+            raise ValueError(
+                f"batch_argnums {number} is out of range for a function called with {count} "
+                "positional arguments"
+            )
+        if number % count in positions:
+            raise ValueError(f"batch_argnums {batch_argnums!r} names argument {number % count} twice")
+        positions.append(number % count)
+    return tuple(positions)
 
 
 def accumulation_dtype(backend, dtype):

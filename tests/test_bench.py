@@ -229,3 +229,26 @@ def test_plot_png():
         pytest.skip("matplotlib is not installed (the plot extra)")
     report = bench.run_benchmarks(["numpy"], ["sigmoid"], [100, 1000], repeat=1)
     assert bench.plot(report).startswith(PNG_MAGIC)
+
+
+def test_bench_rejects_same_json_and_plot(tmp_path):
+    path = tmp_path / "b.png"
+    completed = subprocess.run(
+        [sys.executable, "-m", "gpuflow.cli.main", "bench", "--size", "10", "--json", str(path),
+         "--plot", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert completed.returncode == 2
+    assert "--json and --plot both name" in completed.stderr
+
+
+def test_bench_rejects_size_beyond_memory(monkeypatch):
+    from gpuflow.cli import CommandError
+    from gpuflow.cli import bench as bench_command
+
+    # Pretend the machine has 1 GiB free: 4096 pages of 256 KiB.
+    pages = {"SC_AVPHYS_PAGES": 4096, "SC_PAGE_SIZE": 256 * 1024}
+    monkeypatch.setattr(bench_command.os, "sysconf", lambda name: pages[name])
+    bench_command.check_memory([1000], "float32")
+    with pytest.raises(CommandError, match=r"needs about 6\.0 GiB, more than the 1\.0 GiB"):
+        bench_command.check_memory([10**8], "float32")

@@ -271,3 +271,41 @@ def test_cli_progress_bar_on_terminal():
     assert completed.returncode == 0
     assert "4/10 rows" in drawn
     assert "10/10 rows" in drawn
+
+
+def test_batch_argnums_leaves_others_shared():
+    x = np.arange(1.0, 8.0)
+    shared = np.arange(7.0)
+
+    def objective(t, s):
+        return gf.sum(t * gf.sum(s))
+
+    expected = gf.value_and_grad(objective, (0, 1))(x, shared)
+    value, grads = gf.value_and_grad(objective, (0, 1), chunk_size=2, batch_argnums=(0,))(
+        x, shared
+    )
+    assert value == expected[0]
+    np.testing.assert_allclose(grads[0], expected[1][0])
+    np.testing.assert_allclose(grads[1], expected[1][1])
+
+
+@pytest.mark.parametrize(
+    "batch_argnums, error, words",
+    [((5,), ValueError, "out of range"), ((0, 0), ValueError, "twice"),
+     ("x", TypeError, "must be an int"), ((), TypeError, "non-empty tuple")],
+    ids=["range", "twice", "text", "empty"],
+)
+def test_invalid_batch_argnums(batch_argnums, error, words):
+    with pytest.raises(error, match=words):
+        gf.value_and_grad(lambda t, s: gf.sum(t * s), (0, 1), chunk_size=2,
+                          batch_argnums=batch_argnums)(np.ones(4), np.ones(4))
+
+
+def test_command_rejects_mean_with_chunks():
+    completed = subprocess.run(
+        [sys.executable, "-m", "gpuflow.cli.main", "grad", "mean(a*x**2)", "a=2", "x=1,2,3",
+         "--wrt", "x", "--chunk-size", "2", "--backend", "numpy"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert completed.returncode == 2
+    assert "wrong for mean" in completed.stderr

@@ -318,3 +318,24 @@ def test_array_api_strict_runs_step_by_step():
     np.testing.assert_allclose(np.asarray(value), np.asarray(expected_value), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(gx), np.asarray(expected_gx), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(ga), np.asarray(expected_ga), rtol=1e-12)
+
+
+def test_mean_over_no_axes_matches_eager():
+    # mean over no axes returns its input itself, which must not share a reused buffer.
+    x = np.array(0.5)
+    function = lambda t: gf.mean(gf.tanh(t))  # noqa: E731
+    expected = gf.value_and_grad(function)(x)
+    value, gradient = gf.compile(function)(x)
+    np.testing.assert_allclose(value, expected[0], rtol=1e-12)
+    np.testing.assert_allclose(gradient, expected[1], rtol=1e-12)
+
+
+def test_container_with_array_argument_raises():
+    compiled = gf.compile(lambda a, ws: gf.sum(a * ws[0]), 0)
+    with pytest.raises(TypeError, match="cannot be part of a compiled signature"):
+        compiled(np.ones(3), (np.zeros(3),))
+
+
+def test_keyword_arguments_raise():
+    with pytest.raises(TypeError, match=r"keyword arguments \(s\) are not supported"):
+        gf.compile(lambda t, s: t * s, 0)(np.ones(2), s=3.0)

@@ -357,3 +357,11 @@ def test_parity_nan_on_one_side(x):
     message = str(caught.value)
     assert "array_api_strict gives nan" in message
     assert "a NaN or an infinity matches only the same value" in message
+
+
+@pytest.mark.parametrize("tolerance", [-1.0, float("nan"), "1e-3", {"float32": 1e-3}], ids=repr)
+def test_assert_parity_rejects_invalid_tolerance(tolerance):
+    from gpuflow.testing import assert_parity
+
+    with pytest.raises(TypeError, match="assert_parity: rtol must be a non-negative number"):
+        assert_parity(lambda t: gf.sum(t * t), np.ones(3), rtol=tolerance)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from gpuflow import backends, bench
@@ -140,9 +141,19 @@ def _sizes(values) -> list[int]:
     return sizes
 
 
+MAX_REPEAT = 1000
+
+# The most arrays of one batch's size that a workload holds at once (inputs,
+# gradients and intermediates of the quadratic), for the memory estimate.
+ARRAYS_PER_WORKLOAD = 16
+
+
 def _check_counts(args) -> None:
-    if args.repeat < 1:
-        raise CommandError(f"invalid --repeat {args.repeat}: run at least once; pass --repeat 5")
+    if not 1 <= args.repeat <= MAX_REPEAT:
+        raise CommandError(
+            f"invalid --repeat {args.repeat}: it must be from 1 to {MAX_REPEAT}; pass for "
+            "example --repeat 5"
+        )
     if args.warmup < 1:
         raise CommandError(
             f"invalid --warmup {args.warmup}: at least one warm-up call checks the result; "
@@ -150,7 +161,30 @@ def _check_counts(args) -> None:
         )
 
 
+def check_memory(sizes, dtype_name: str) -> None:
+    """Raise CommandError when the largest size would not fit in the machine's free memory."""
+    import numpy
+
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return  # No estimate of free memory on this platform; let NumPy report it.
+    needed = max(sizes) * numpy.dtype(dtype_name).itemsize * ARRAYS_PER_WORKLOAD
+    if needed > available:
+        raise CommandError(
+            f"--size {max(sizes):.0f} needs about {needed / 2**30:.1f} GiB, more than the "
+            f"{available / 2**30:.1f} GiB of free memory; pass a smaller --size"
+        )
+
+
 def _check_files(args) -> None:
+    if args.json is not None and args.plot is not None and (
+        os.path.abspath(args.json) == os.path.abspath(args.plot)
+    ):
+        raise CommandError(
+            f"--json and --plot both name {args.json}; give each its own file, for example "
+            "--json bench.json --plot bench.png"
+        )
     if args.json is not None:
         check_output_folder(args.json, "--json")
     if args.plot is not None:
@@ -183,6 +217,7 @@ def run(args) -> int:
                                   "workload")
     sizes = _sizes(args.size)
     _check_counts(args)
+    check_memory(sizes, args.dtype)
     _check_files(args)
     try:
         report = bench.run_benchmarks(

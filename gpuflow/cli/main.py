@@ -260,6 +260,7 @@ def run_grad(args) -> int:
     if args.output is not None:
         check_output_path(args.output, args.inputs)
     scaling.check_arguments(args)
+    scaling.check_expression(args.expression, args)
     inputs = collect_inputs(
         args.assignments, args.inputs, args.random, args.seed, scaling.mmap_mode(args)
     )

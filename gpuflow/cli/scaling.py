@@ -38,6 +38,21 @@ def mmap_mode(args) -> str | None:
     return "r" if args.chunk_size is not None else None
 
 
+def check_expression(expression_text: str, args) -> None:
+    """Raise CommandError when EXPR takes a mean, which chunks cannot add up."""
+    if not is_requested(args):
+        return
+    import ast
+
+    for node in ast.walk(ast.parse(expression_text.strip(), mode="eval")):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "mean":
+            raise CommandError(
+                "--chunk-size evaluates EXPR chunk by chunk and adds the results, which is "
+                "wrong for mean; write the sum and divide by the batch length, for example "
+                "sum(f(x)) / 1000000"
+            )
+
+
 def check_arguments(args) -> None:
     """Raise CommandError for an invalid --chunk-size or --scheduler."""
     if args.chunk_size is not None and args.chunk_size < 1:

@@ -93,9 +93,15 @@ class CompiledFunction:
         for value in args:
             if backend.is_array(value):
                 parts.append(("array", tuple(value.shape), str(value.dtype)))
-            else:
-                # Non-array arguments are static: a new value traces again.
+            elif _is_static(value):
+                # Numbers, strings and tuples of them are static: a new value traces again.
                 parts.append(("static", type(value).__name__, repr(value)))
+            else:
+                raise TypeError(
+                    f"compile: an argument of type {type(value).__name__} cannot be part of "
+                    "a compiled signature; pass arrays as array arguments of their own, and "
+                    "other values as numbers, strings or tuples of them"
+                )
         return tuple(parts)
 
     def _arguments(self, args, numbers, backend) -> list:
@@ -136,11 +142,25 @@ class CompiledFunction:
         self.plan, self.graph = found[0], found[1]
         return found, arrays
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
+        if kwargs:
+            raise TypeError(
+                f"compile: keyword arguments ({', '.join(sorted(kwargs))}) are not supported; "
+                "pass them positionally, or bind them with functools.partial before compiling"
+            )
         (plan, _, program), arrays = self.entry(*args)
         inputs = [arrays[position] for position in _input_positions(arrays, plan)]
         value, *grads = program(inputs)
         return value, (grads[0] if self.single else tuple(grads))
+
+
+def _is_static(value) -> bool:
+    """Return whether ``value`` is fully described by its repr (numbers, strings, tuples)."""
+    if value is None or isinstance(value, (bool, int, float, complex, str)):
+        return True
+    if isinstance(value, tuple):
+        return all(_is_static(item) for item in value)
+    return False
 
 
 def _input_positions(arrays, plan) -> list:

@@ -153,10 +153,11 @@ _FRESH_RESULTS = frozenset({"mean", "max", "min", "logsumexp", "norm", "matmul",
 
 def _may_alias(step) -> bool:
     """Return whether a fallback step's result may share memory with one of its inputs."""
+    if step.name in ("sum", "mean", "logsumexp"):
+        # These return their input itself when they reduce no axis.
+        return step.params.get("axis") == ()
     if step.name in _FRESH_RESULTS:
         return False
-    if step.name == "sum":
-        return step.params.get("axis") == ()
     return not (step.op.elementwise and step.name not in ("identity", "astype"))
 
 

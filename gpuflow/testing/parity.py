@@ -197,6 +197,16 @@ def assert_parity(f, *args, backends=None, argnums=None, rtol=None, atol=None):
     index of the worst element, both values and the tolerance. Returns the list
     of Comparison records otherwise.
     """
+    for label, tolerance in (("rtol", rtol), ("atol", atol)):
+        if tolerance is None:
+            continue
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not (
+            tolerance >= 0
+        ):
+            raise TypeError(
+                f"assert_parity: {label} must be a non-negative number or None for the "
+                f"per-dtype default, got {tolerance!r}"
+            )
     comparisons = compare_backends(
         f, *args, backends=backends, argnums=argnums, rtol=rtol, atol=atol
     )
