@@ -352,7 +352,7 @@ def check_grad(f, *args, argnums=None, rtol=1e-5, atol=1e-7, backend=None) -> di
     time by about ``cbrt(eps) * max(1, |x|)``. An element fails when
     ``|reverse - numeric| > atol + rtol * |numeric|``. On failure this raises
     GradientCheckError naming the input, the index of the worst element, both
-    values and the error; otherwise it returns the largest absolute error for
+    values and the error. Otherwise it returns the largest absolute error for
     each input, by name.
     """
     for label, tolerance in (("rtol", rtol), ("atol", atol)):

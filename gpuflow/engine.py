@@ -1,11 +1,11 @@
 """The backward pass: reverse topological order, a seed, and the adding of gradients that meet.
 
-Starting from a seed at the output (ones by default, which gives the gradient
-of the sum), the engine visits every recorded node after all of its consumers,
-calls the node's rule for the gradient of each input, sums that gradient back
-to the input's shape when the forward pass broadcast it, casts it to the
-input's dtype, and adds it to what earlier paths gave that input. The walk is
-iterative, so the depth of a graph is limited only by memory.
+The pass starts from a seed at the output (ones by default, which gives the
+gradient of the sum) and visits every recorded node after all of its consumers.
+For each input it calls the node's rule, sums the gradient back to the input's
+shape where the forward pass broadcast it, casts it to the input's dtype, and
+adds it to what earlier paths gave that input. The walk is iterative, so the
+depth of a graph is limited only by memory.
 """
 
 from __future__ import annotations

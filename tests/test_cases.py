@@ -1,7 +1,7 @@
-"""Autodiff cases with known answers, each drawn from a bug another library once shipped.
+"""Autodiff cases with known results, each drawn from a bug another library once shipped.
 
 The cases live in a JSON file (see tests/data/README.md for the format). The
-preferred answer is checked on both backends; an accepted alternative is never
+preferred result is checked on both backends. An accepted alternative is never
 taken in place of it, because gpuflow documents one convention per case.
 """
 
@@ -45,14 +45,14 @@ def _inputs(case, bk):
     return names, arrays, wrt
 
 
-def _assert_matches(actual, entry, tolerance, what):
+def _assert_matches(actual, entry, tolerance, label):
     expected = _expected(entry)
     actual = np.asarray(actual)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    assert actual.shape == expected.shape, f"{label}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{label}: dtype {actual.dtype} != {expected.dtype}"
     np.testing.assert_allclose(
         actual, expected, rtol=tolerance["rtol"], atol=tolerance["atol"], equal_nan=True,
-        err_msg=what,
+        err_msg=label,
     )
 
 

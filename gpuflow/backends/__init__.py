@@ -1,6 +1,6 @@
 """Backend selection: by name, by the ``GPUFLOW_BACKEND`` variable, or from an array's type.
 
-This is the one module that inspects array types. Everything above it asks for
+This is the one module that inspects array types. Everything above it requests
 a backend object and calls array functions through it.
 """
 

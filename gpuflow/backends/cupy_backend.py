@@ -86,8 +86,8 @@ class CuPyBackend(Backend):
         """Launch the CUDA kernel for ``name`` when the operands suit it, else run the reference.
 
         The kernels take C-contiguous float32 or float64 arrays of one shape and
-        dtype; broadcast or strided operands take the reference path, which is
-        the same formula as unfused CuPy operations.
+        dtype. Broadcast or strided operands take the reference path, which is
+        the same formula run as unfused CuPy operations.
         """
         if self._fusable(arrays):
             from gpuflow.backends import cuda_kernels

@@ -143,8 +143,8 @@ def _sizes(values) -> list[int]:
 
 MAX_REPEAT = 1000
 
-# The most arrays of one batch's size that a workload holds at once (inputs,
-# gradients and intermediates of the quadratic), for the memory estimate.
+# The largest number of batch-sized arrays one workload keeps alive at once (the
+# quadratic's inputs, gradients and intermediates), used by the memory estimate.
 ARRAYS_PER_WORKLOAD = 16
 
 

@@ -30,8 +30,8 @@ The language:
   slices, for example ``x[0]``, ``x[1:3]`` or ``X[:, 0]``.
 
 The names ``pi``, ``e``, ``inf`` and ``nan`` are the mathematical constants
-unless an input of that name is given: ``Expression.names`` leaves them out,
-``Expression.constant_names`` lists the ones the expression uses, and a
+unless an input of that name is given. ``Expression.names`` leaves them out,
+and ``Expression.constant_names`` lists the ones the expression uses. A
 constant name passed to ``Expression.function`` (or a key of the values given
 to ``Expression.evaluate``) makes it an input instead. So ``e`` is Euler's
 number in ``exp(x) - e``, but an input in ``e * x`` when a value for ``e`` is

@@ -80,17 +80,22 @@ def _astype_kernel(out, scratch, x):
     numpy.copyto(out, x, casting="unsafe")
 
 
+def _exp_and_reciprocal(out, reciprocal, x):
+    # out = e = exp(-|x|) and reciprocal = 1 / (1 + e), the shared start of both kernels.
+    numpy.abs(x, out=out)
+    numpy.negative(out, out=out)
+    numpy.exp(out, out=out)
+    numpy.add(out, 1, out=reciprocal)
+    numpy.divide(1, reciprocal, out=reciprocal)
+
+
 def _sigmoid_kernel(out, scratch, x):
     # The stable formula of gpuflow.ops.elementwise: e = exp(-|x|), r = 1 / (1 + e),
     # and sigmoid(x) is r where x >= 0 and e * r elsewhere. The mask is taken
     # first, so ``out`` may be the memory of ``x``.
     reciprocal, mask = scratch
     numpy.greater_equal(x, 0, out=mask)
-    numpy.abs(x, out=out)
-    numpy.negative(out, out=out)
-    numpy.exp(out, out=out)
-    numpy.add(out, 1, out=reciprocal)
-    numpy.divide(1, reciprocal, out=reciprocal)
+    _exp_and_reciprocal(out, reciprocal, x)
     numpy.multiply(out, reciprocal, out=out)
     numpy.copyto(out, reciprocal, where=mask)
 
@@ -98,11 +103,7 @@ def _sigmoid_kernel(out, scratch, x):
 def _sigmoid_partial_kernel(out, scratch, x):
     # e / (1 + e)**2 with e = exp(-|x|), as passes.sigmoid_partial_op computes it.
     (reciprocal,) = scratch
-    numpy.abs(x, out=out)
-    numpy.negative(out, out=out)
-    numpy.exp(out, out=out)
-    numpy.add(out, 1, out=reciprocal)
-    numpy.divide(1, reciprocal, out=reciprocal)
+    _exp_and_reciprocal(out, reciprocal, x)
     numpy.multiply(out, reciprocal, out=out)
     numpy.multiply(out, reciprocal, out=out)
 

@@ -55,14 +55,14 @@ def _rename(plan: Plan, renames: dict, steps, constants) -> Plan:
 def eliminate_dead_code(plan: Plan) -> Plan:
     """Keep only the steps and constants that the plan's outputs need."""
     needed = set(plan.outputs)
-    kept = []
+    live_steps = []
     for step in reversed(plan.steps):
         if step.output in needed:
-            kept.append(step)
+            live_steps.append(step)
             needed.update(step.inputs)
-    kept.reverse()
+    live_steps.reverse()
     constants = {slot: value for slot, value in plan.constants.items() if slot in needed}
-    return plan.replace(steps=kept, constants=constants)
+    return plan.replace(steps=live_steps, constants=constants)
 
 
 def _params_key(params: dict) -> tuple:

@@ -1,4 +1,4 @@
-"""How an operation is defined: a forward function and its local partials, in one place.
+"""Operation definitions: a forward function and its local partials, in one place.
 
 Built-in operations and user operations are defined the same way::
 

@@ -119,8 +119,8 @@ def fuse_sigmoid(tensors, roots) -> int:
             continue
         if root_ids is None:
             root_ids = {id(root) for root in roots}
-        one, denominator = node.inputs
-        if not _is_one(one):
+        numerator, denominator = node.inputs
+        if not _is_one(numerator):
             continue
         total = _single_use(denominator, _add, root_ids)
         if total is None:
