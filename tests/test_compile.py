@@ -339,3 +339,170 @@ def test_container_with_array_argument_raises():
 def test_keyword_arguments_raise():
     with pytest.raises(TypeError, match=r"keyword arguments \(s\) are not supported"):
         gf.compile(lambda t, s: t * s, 0)(np.ones(2), s=3.0)
+
+
+# Blocked execution: small blocks, so that regions span many blocks and end in a partial one.
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    from gpuflow.compile import numpy_exec
+
+    monkeypatch.setattr(numpy_exec, "BLOCK", 5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    count=st.integers(1, 3),
+    data=st.data(),
+    shape=st.sampled_from([(23,), (4, 6), (5,)]),
+    seed=st.integers(0, 2**16),
+)
+def test_blocked_regions_match_eager(count, data, shape, seed):
+    from gpuflow.compile import numpy_exec
+
+    tree = data.draw(_expressions(count))
+    rng = np.random.default_rng(seed)
+    inputs = [rng.uniform(-2.0, 2.0, shape) for _ in range(count)]
+    argnums = tuple(range(count))
+    function = _function_of(tree, count)
+    summed = lambda *args: gf.sum(function(*args))  # noqa: E731
+    previous, numpy_exec.BLOCK = numpy_exec.BLOCK, 5
+    try:
+        value, grads = gf.compile(summed, argnums)(*inputs)
+    finally:
+        numpy_exec.BLOCK = previous
+    expected_value, expected_grads = gf.value_and_grad(summed, argnums)(*inputs)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-10, atol=1e-12)
+    for got, expected in zip(grads, expected_grads):
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def _fused_regions(compiled):
+    from gpuflow.compile.numpy_exec import _BlockedRegion
+
+    program = compiled.cache[next(iter(compiled.cache))][2]
+    return [unit for unit in program.units if isinstance(unit, _BlockedRegion)]
+
+
+def test_quadratic_runs_as_one_blocked_region(small_blocks):
+    compiled = gf.compile(lambda x, a, b, c: gf.sum(quadratic(x, a, b, c)), (0, 1, 2, 3))
+    x = np.linspace(-1.0, 2.0, 23)
+    value, (gx, ga, gb, gc) = compiled(x, 2.0, 1.0, 4.0)
+    (region,) = _fused_regions(compiled)
+    assert region.block == 5
+    np.testing.assert_allclose(value, np.sum(2.0 * x**2 + x + 4.0), rtol=1e-13)
+    np.testing.assert_allclose(gx, 4.0 * x + 1.0, rtol=1e-13)
+    np.testing.assert_allclose([ga, gb, gc], [np.sum(x**2), np.sum(x), 23.0], rtol=1e-13)
+
+
+def test_sum_and_mean_of_a_broadcast_count_every_element(small_blocks):
+    # Inside a block a broadcast of one value is that value, so its sum is value * count.
+    def function(x, b):
+        wide = gf.broadcast_to(b, (23,))
+        return gf.sum(wide) + 10.0 * gf.mean(wide) + gf.sum(gf.exp(x))
+
+    x = np.linspace(0.0, 1.0, 23)
+    compiled = gf.compile(function, (0, 1))
+    value, (gx, gb) = compiled(x, 3.0)
+    assert [step.name for step in compiled.plan.steps][:3] == ["broadcast_to", "sum", "mean"]
+    np.testing.assert_allclose(value, 23 * 3.0 + 10 * 3.0 + np.sum(np.exp(x)), rtol=1e-13)
+    np.testing.assert_allclose(gx, np.exp(x), rtol=1e-13)
+    np.testing.assert_allclose(gb, 23.0 + 10.0, rtol=1e-13)
+
+
+def test_non_contiguous_inputs_are_read_in_order(small_blocks):
+    x = np.arange(60.0).reshape(6, 10)[:, ::2]
+    compiled = gf.compile(lambda t: gf.sum(gf.tanh(t * 0.1) * t))
+    value, gradient = compiled(x)
+    expected_value, expected_gradient = gf.value_and_grad(lambda t: gf.sum(gf.tanh(t * 0.1) * t))(x)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-13)
+    np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-13)
+
+
+def test_region_output_feeds_a_later_step(small_blocks):
+    # The elementwise part writes a whole array from a pool; matmul then reads it.
+    w = np.random.default_rng(3).standard_normal((4, 3))
+    function = lambda x: gf.sum(gf.matmul(gf.exp(x * 0.5) + x, w))  # noqa: E731
+    x = np.random.default_rng(4).standard_normal((6, 4))
+    value, gradient = gf.compile(function)(x)
+    expected_value, expected_gradient = gf.value_and_grad(function)(x)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-13)
+    np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-13)
+
+
+def test_float32_sums_accumulate_per_block_in_float64(small_blocks):
+    x = np.full(1001, 0.1, dtype=np.float32)
+    value, gradient = gf.compile(lambda t: gf.sum(t * 3.0))(x)
+    assert value.dtype == np.float32 and value.shape == ()
+    np.testing.assert_allclose(value, 3.0 * 1001 * np.float64(np.float32(0.1)), rtol=1e-7)
+    np.testing.assert_array_equal(gradient, np.full(1001, 3.0, dtype=np.float32))
+
+
+def test_block_buffers_do_not_grow_with_the_batch():
+    from gpuflow.compile import numpy_exec
+
+    compiled = gf.compile(lambda x: gf.sum(gf.sigmoid(x)))
+    compiled(np.zeros(3 * numpy_exec.BLOCK + 1))
+    program = compiled.cache[next(iter(compiled.cache))][2]
+    # sigmoid and its partial need at most two values and two scratch buffers per block.
+    assert program.pool_bytes() <= 4 * numpy_exec.BLOCK * 8
+
+
+def test_block_must_be_positive():
+    from gpuflow.compile.numpy_exec import NumpyProgram
+
+    plan = _traced(lambda x: gf.exp(x), [np.ones(3)], (0,))
+    with pytest.raises(ValueError, match="block must be a positive number"):
+        NumpyProgram(passes.optimize(plan), block=0)
+
+
+# The passes that shrink uniform constants and absorb negations.
+
+
+def test_seed_broadcast_becomes_a_broadcast_of_one_number():
+    plan = passes.optimize(_traced(lambda a: gf.sum(1.0 / a), [np.linspace(1.0, 2.0, 40)], (0,)))
+    large = [slot for slot, array in plan.constants.items() if np.size(array) > 16]
+    assert large == [], str(plan)
+
+
+def test_uniform_constants_keep_the_sign_of_zero():
+    backend = NUMPY
+    assert passes._uniform_value(backend, np.array([0.0, -0.0] * 10)) is None
+    assert float(passes._uniform_value(backend, np.full(20, -0.0))) == 0.0
+    assert np.signbit(passes._uniform_value(backend, np.full(20, -0.0)))
+    assert passes._uniform_value(backend, np.arange(20.0)) is None
+
+
+@pytest.mark.parametrize(
+    "function",
+    [
+        lambda a, b: -a + b,
+        lambda a, b: a + -b,
+        lambda a, b: a - -b,
+        lambda a, b: -(-a) * b,
+        lambda a, b: (-a) * 3.0 + b,
+        lambda a, b: (-a / b) * 3.0,
+        lambda a, b: 2.0 * (-a * b),
+    ],
+)
+def test_negations_fold_bitwise_exactly(function):
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal(9), rng.uniform(1.0, 2.0, 9)
+    plan = passes.optimize(_traced(function, [a, b], (0,)))
+    forward = [step.name for step in plan.steps if step.output <= plan.outputs[0]]
+    assert "negative" not in forward, str(plan)
+    value, gradient = gf.compile(function)(a, b)
+    expected_value, expected_gradient = gf.value_and_grad(function)(a, b)
+    np.testing.assert_array_equal(value, expected_value)
+    np.testing.assert_array_equal(gradient, expected_gradient)
+
+
+def test_negation_of_a_shared_quotient_stays():
+    # (-a / b) is read twice, so taking the sign out would compute a / b as well.
+    function = lambda a, b: (-a / b) * 3.0 + (-a / b)  # noqa: E731
+    a, b = np.linspace(1.0, 2.0, 5), np.linspace(2.0, 3.0, 5)
+    value, grads = gf.compile(function, (0, 1))(a, b)
+    expected_value, expected_grads = gf.value_and_grad(function, (0, 1))(a, b)
+    np.testing.assert_array_equal(value, expected_value)
+    np.testing.assert_allclose(grads[0], expected_grads[0], rtol=1e-15)

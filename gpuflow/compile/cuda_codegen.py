@@ -66,6 +66,7 @@ def _c_type(dtype) -> str:
 
 
 def _literal(array, c_type) -> str | None:
+    # ``array`` is a one-element host copy of a plan constant.
     value = numpy.asarray(array).reshape(-1)[0]
     if c_type == "bool":
         return "true" if bool(value) else "false"
@@ -111,7 +112,7 @@ def region_source(plan: Plan, region: Region, index: int) -> tuple[str, list]:
         shape, dtype = info[slot]
         c_type = _c_type(dtype)
         if slot in plan.constants and _size(shape) == 1:
-            literal = _literal(plan.constants[slot], c_type)
+            literal = _literal(plan.backend.to_numpy(plan.constants[slot]), c_type)
             if literal is not None:
                 names[slot] = literal
                 continue

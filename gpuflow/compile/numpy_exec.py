@@ -1,19 +1,30 @@
-"""Run a Plan step by step on NumPy, writing into preallocated buffers that are reused.
+"""Run a Plan on NumPy: fused regions block by block, other steps on whole arrays.
 
-Steps of the mapped ufuncs write with ``out=`` into buffers of a pool. A
-liveness analysis at build time gives each intermediate a buffer that no live
-value uses. A buffer is therefore reused as soon as its value is dead, and a
-step may write over an input that dies at that step. Returned values get fresh arrays on
-every call. Other operations run their own forward function, and because their
-result may be a view of an input (a reshape or a broadcast), the inputs of such a
-step stay alive as long as its result does.
+A fused region whose values all have the region's shape or one element runs
+on ``BLOCK`` elements at a time (see ``_BlockedRegion``), so its
+intermediates live in a few block-sized buffers that stay in the cache, and
+peak memory is the inputs, the outputs and those buffers. Other steps run on
+whole arrays: the mapped ufuncs write with ``out=`` into buffers of a pool, and
+other operations run their own forward function.
+
+A liveness analysis at build time gives each value a buffer that no live
+value uses, so a buffer is reused as soon as its value is dead, and a step may
+write over an input that dies at that step. Because a fallback step's result
+may be a view of an input (a reshape or a broadcast), the inputs of such a
+step stay alive as long as its result does. Returned values get fresh arrays
+on every call.
 """
 
 from __future__ import annotations
 
 import numpy
 
+from gpuflow.compile.passes import Region
 from gpuflow.compile.plan import Plan
+
+# Elements a fused region computes at a time: about 128 KiB of float32 per buffer,
+# so a region's block buffers stay in a core's L2 cache.
+BLOCK = 32768
 
 _UFUNCS = {
     "add": numpy.add,
@@ -59,6 +70,8 @@ def _ufunc_kernel(ufunc):
 def _power_kernel(step):
     if "exponent" in step.params:
         exponent = step.params["exponent"]
+        if exponent == 2:
+            return _ufunc_kernel(numpy.square)
 
         def run(out, scratch, x):
             numpy.power(x, exponent, out=out)
@@ -109,7 +122,7 @@ def _sigmoid_partial_kernel(out, scratch, x):
 
 
 def _kernel_for(step):
-    """Return ``(kernel, scratch)`` for a step that writes with ``out=``, or None."""
+    """Return ``(kernel, scratch dtypes)`` for a step that writes with ``out=``, or None."""
     name = step.name
     if name in _UFUNCS:
         return _ufunc_kernel(_UFUNCS[name]), ()
@@ -122,9 +135,9 @@ def _kernel_for(step):
     if name == "astype" and len(step.inputs) == 1:
         return _astype_kernel, ()
     if name == "sigmoid":
-        return _sigmoid_kernel, ((step.shape, step.dtype), (step.shape, numpy.dtype(bool)))
+        return _sigmoid_kernel, (step.dtype, numpy.dtype(bool))
     if name == "sigmoid_partial":
-        return _sigmoid_partial_kernel, ((step.shape, step.dtype),)
+        return _sigmoid_partial_kernel, (step.dtype,)
     return None
 
 
@@ -146,6 +159,16 @@ class _Pool:
     def give(self, number) -> None:
         self.free.setdefault(self.specs[number], []).append(number)
 
+    def nbytes(self) -> int:
+        return sum(_size(shape) * dtype.itemsize for shape, dtype in self.specs)
+
+
+def _size(shape) -> int:
+    count = 1
+    for extent in shape:
+        count *= extent
+    return count
+
 
 # Operations whose forward function always returns a new array, never a view of an input.
 _FRESH_RESULTS = frozenset({"mean", "max", "min", "logsumexp", "norm", "matmul",
@@ -162,101 +185,325 @@ def _may_alias(step) -> bool:
     return not (step.op.elementwise and step.name not in ("identity", "astype"))
 
 
-def _last_uses(plan: Plan, kernels) -> dict:
-    """Return, for each slot, the index of the last step that reads it (or may alias it)."""
-    forever = len(plan.steps)
-    last = {slot: forever for slot in plan.outputs}
-    for index, step in enumerate(plan.steps):
-        for slot in step.inputs:
+def _last_uses(units, outputs, forever) -> dict:
+    """Return, for each slot, the index of the last unit that reads it (or may alias it).
+
+    A unit is a ``(reads, writes, aliasing)`` triple; ``aliasing`` says whether
+    its results may be views of what it reads.
+    """
+    last = {slot: forever for slot in outputs}
+    for index, (reads, _, _) in enumerate(units):
+        for slot in reads:
             last[slot] = max(last.get(slot, index), index)
-    for index in range(len(plan.steps) - 1, -1, -1):
-        step = plan.steps[index]
-        if kernels[index] is None and _may_alias(step):
-            alive = last.get(step.output, index)
-            for slot in step.inputs:
+    for index in range(len(units) - 1, -1, -1):
+        reads, writes, aliasing = units[index]
+        if aliasing:
+            alive = max(last.get(slot, index) for slot in writes)
+            for slot in reads:
                 last[slot] = max(last[slot], alive)
     return last
 
 
-class NumpyProgram:
-    """A Plan prepared for NumPy: a kernel or a fallback per step, and buffer numbers."""
+class _StepUnit:
+    """One step run on whole arrays: a kernel writing into a buffer, or its forward."""
 
-    def __init__(self, plan: Plan):
-        self.plan = plan
-        self.kernels = [_kernel_for(step) for step in plan.steps]
-        last = _last_uses(plan, self.kernels)
-        returned = set(plan.outputs)
+    def __init__(self, step):
+        self.step = step
+        self.kernel = _kernel_for(step)
+        self.buffer = None  # pool number of the output, None for a fresh array
+        self.scratch = ()
+
+    def liveness(self):
+        aliasing = self.kernel is None and _may_alias(self.step)
+        return tuple(self.step.inputs), (self.step.output,), aliasing
+
+    def run(self, values, buffers, backend):
+        step = self.step
+        inputs = [values[slot] for slot in step.inputs]
+        if self.kernel is None:
+            values[step.output] = step.op.forward(backend, *inputs, **step.params)
+            return
+        if self.buffer is None:
+            out = numpy.empty(step.shape, step.dtype)
+        else:
+            out = buffers[self.buffer]
+        self.kernel[0](out, tuple(buffers[number] for number in self.scratch), *inputs)
+        values[step.output] = out
+
+
+class _BlockedRegion:
+    """A fused region run block by block, so its intermediates stay in the cache.
+
+    Every value of the region has the region's shape or one element. The
+    region's elements are taken in C order, ``block`` at a time: each step runs
+    on the current block of its inputs, intermediates live in block-sized
+    buffers, region outputs are written block by block into whole arrays, and
+    each full sum or mean adds up one partial result per block in float64.
+    Steps of one element are computed once, before the first block, and a
+    broadcast of a one-element value is that value itself inside a block.
+    """
+
+    def __init__(self, region, returned, info, block):
+        self.region = region
+        self.shape = tuple(region.shape)
+        self.count = _size(self.shape)
+        self.block = min(block, self.count)
+        self.inputs = list(region.inputs)
+        self.outputs = list(region.outputs)
+        self.small = []  # steps of one element, run once
+        self.broadcasts = {}  # slot -> the one-element slot it broadcasts
+        self.reductions = []  # (step, source slot)
+        self.body = []  # (step, kernel, scratch block numbers, output block number)
+        self.whole = {}  # region output slot -> pool number, None for a fresh array
+        self.returned = returned
+        produced = set()
+        for step in region.steps:
+            if step.output in region.reductions:
+                self.reductions.append((step, step.inputs[0]))
+            elif step.name == "broadcast_to" and _size(info[step.inputs[0]][0]) == 1:
+                self.broadcasts[step.output] = step.inputs[0]
+            elif _size(step.shape) == 1:
+                self.small.append(step)
+            else:
+                self.body.append(step)
+                produced.add(step.output)
+        self.materialized = [slot for slot in self.outputs if slot in produced]
+        self.dtypes = {step.output: step.dtype for step in self.body}
+        self.blocks = None  # block buffers, bound by NumpyProgram on its first call
+        self._assign_block_buffers(info)
+
+    @staticmethod
+    def fits(region, info) -> bool:
+        """Return whether every value of ``region`` has its shape or one element."""
+        if not region.fused or _size(region.shape) <= 1:
+            return False
+        shapes = [info[slot][0] for step in region.steps for slot in step.inputs]
+        shapes += [step.shape for step in region.steps]
+        return all(tuple(shape) == tuple(region.shape) or _size(shape) == 1 for shape in shapes)
+
+    def _assign_block_buffers(self, info):
         pool = _Pool()
-        owner = {}  # slot -> pool buffer number, for intermediates written by a kernel
-        # Per step: the output's buffer number (None for a fresh array or a fallback)
-        # and the scratch buffer numbers.
-        self.assignments = []
-        for index, step in enumerate(plan.steps):
-            kernel = self.kernels[index]
-            buffer, scratch = None, ()
+        body = self.body
+        units = []
+        for step in body:
+            kernel = _kernel_for(step)
+            units.append((tuple(step.inputs), (step.output,), kernel is None and _may_alias(step)))
+        reads_after = {source for _, source in self.reductions}
+        last = _last_uses(units, set(self.materialized) | reads_after, len(body))
+        owner = {}
+        planned = []
+        for index, step in enumerate(body):
+            kernel = _kernel_for(step)
             dying = [slot for slot in set(step.inputs) if last.get(slot) == index]
-
             if kernel is not None and step.name not in _NO_ALIAS:
                 for slot in dying:
                     if slot in owner:
                         pool.give(owner.pop(slot))
                 dying = []
+            scratch, number = (), None
             if kernel is not None:
-                scratch = tuple(pool.take(*spec) for spec in kernel[1])
-                if step.output not in returned:
-                    buffer = pool.take(step.shape, step.dtype)
-                    owner[step.output] = buffer
-                for number in scratch:
-                    pool.give(number)
-
+                scratch = tuple(pool.take((self.block,), dtype) for dtype in kernel[1])
+                if step.output not in self.materialized:
+                    number = owner[step.output] = pool.take((self.block,), step.dtype)
+                for taken in scratch:
+                    pool.give(taken)
             for slot in dying:
                 if slot in owner:
                     pool.give(owner.pop(slot))
-            if step.output in owner and last.get(step.output, index) <= index:
-                pool.give(owner.pop(step.output))
-            self.assignments.append((buffer, scratch))
+            planned.append((step, kernel, scratch, number))
+        self.body = planned
+        self.block_specs = pool.specs
 
-        self.pool_specs = pool.specs
+    def liveness(self):
+        return tuple(self.inputs), tuple(self.outputs), False
+
+    def run(self, values, buffers, backend):
+        for step in self.small:
+            values[step.output] = step.op.forward(
+                backend, *[values[slot] for slot in step.inputs], **step.params
+            )
+        flat, scalars = {}, {}
+        for slot in self.inputs:
+            array = values[slot]
+            if _size(array.shape) == 1:
+                scalars[slot] = numpy.reshape(array, ())
+            else:
+                flat[slot] = numpy.reshape(array, -1)
+        for step in self.small:
+            scalars[step.output] = numpy.reshape(values[step.output], ())
+        for slot, source in self.broadcasts.items():
+            scalars[slot] = scalars[source]
+        for slot in self.materialized:
+            number = self.whole.get(slot)
+            if number is None:
+                array = numpy.empty(self.shape, self.dtypes[slot])
+            else:
+                array = buffers[number]
+            values[slot] = array
+            flat[slot] = array.reshape(-1)
+        totals = self._run_blocks(flat, scalars, backend)
+        for (step, source), total in zip(self.reductions, totals):
+            if source in scalars:
+                total = float(scalars[source]) * self.count
+            if step.name == "mean":
+                total /= self.count
+            values[step.output] = numpy.asarray(total, dtype=step.dtype).reshape(step.shape)
+        for slot, source in self.broadcasts.items():
+            values[slot] = numpy.broadcast_to(values[source], self.shape)
+
+    def _run_blocks(self, flat, scalars, backend) -> list:
+        """Run the body on every block; return each reduction's float64 total."""
+        blocks = self.blocks
+        sources = [source for _, source in self.reductions]
+        totals = [0.0] * len(sources)
+        flat_items = list(flat.items())
+        add = numpy.add.reduce
+        for start in range(0, self.count, self.block):
+            stop = min(start + self.block, self.count)
+            length = stop - start
+            current = scalars.copy()
+            for slot, array in flat_items:
+                current[slot] = array[start:stop]
+            for step, kernel, scratch, number in self.body:
+                inputs = [current[slot] for slot in step.inputs]
+                if number is not None:
+                    out = blocks[number][:length]
+                else:
+                    out = current.get(step.output)
+                if kernel is None:
+                    result = step.op.forward(backend, *inputs, **step.params)
+                    if out is None:
+                        current[step.output] = result
+                    else:
+                        numpy.copyto(out, result, casting="unsafe")
+                    continue
+                if scratch:
+                    kernel[0](out, tuple(blocks[taken][:length] for taken in scratch), *inputs)
+                else:
+                    kernel[0](out, (), *inputs)
+                current[step.output] = out
+            for index, source in enumerate(sources):
+                if source not in scalars:
+                    totals[index] += float(add(current[source], axis=None))
+        return totals
+
+
+class NumpyProgram:
+    """A Plan prepared for NumPy: its fused regions run block by block, other steps whole.
+
+    ``block`` is the number of elements a fused region computes at a time.
+    Whole-array values (inputs and outputs of regions, and the values of
+    steps outside them) get buffers from a pool by a liveness analysis over
+    the units, so a buffer is reused once its value is dead.
+    """
+
+    def __init__(self, plan: Plan, block: int | None = None):
+        block = BLOCK if block is None else block
+        if block < 1:
+            raise ValueError(f"compile: block must be a positive number of elements, not {block}")
+        self.plan = plan
+        info = plan.all_info()
+        returned = set(plan.outputs)
+        regions = plan.regions
+        if regions is None:
+            regions = [Region(fused=False, shape=step.shape, steps=[step]) for step in plan.steps]
+        self.units = []
+        for region in regions:
+            if _BlockedRegion.fits(region, info):
+                self.units.append(_BlockedRegion(region, returned, info, block))
+            else:
+                self.units.extend(_StepUnit(step) for step in region.steps)
+        self._assign_buffers(returned)
         self.buffers = None
-        # Slots written into a fresh array on each call.
-        self.fresh = {
-            step.output for step, kernel in zip(plan.steps, self.kernels)
-            if kernel is not None and step.output in returned
-        }
+
+    def _assign_buffers(self, returned) -> None:
+        units = [unit.liveness() for unit in self.units]
+        last = _last_uses(units, self.plan.outputs, len(units))
+        pool = _Pool()
+        owner = {}  # slot -> pool number of a value written into the pool
+        self.fresh = set()  # slots written into a fresh array on each call
+        for index, unit in enumerate(self.units):
+            reads, writes, _ = units[index]
+            dying = [slot for slot in set(reads) if last.get(slot) == index]
+            if isinstance(unit, _StepUnit):
+                kernel, step = unit.kernel, unit.step
+                if kernel is not None and step.name not in _NO_ALIAS:
+                    for slot in dying:
+                        if slot in owner:
+                            pool.give(owner.pop(slot))
+                    dying = []
+                if kernel is not None:
+                    unit.scratch = tuple(pool.take(step.shape, dtype) for dtype in kernel[1])
+                    if step.output in returned:
+                        self.fresh.add(step.output)
+                    else:
+                        unit.buffer = owner[step.output] = pool.take(step.shape, step.dtype)
+                    for number in unit.scratch:
+                        pool.give(number)
+            else:
+                # Blocks interleave reads and writes, so outputs never take a dying input's buffer.
+                for slot in unit.materialized:
+                    if slot in returned:
+                        self.fresh.add(slot)
+                        unit.whole[slot] = None
+                    else:
+                        unit.whole[slot] = owner[slot] = pool.take(unit.shape, unit.dtypes[slot])
+                self.fresh.update(step.output for step, _ in unit.reductions)
+            for slot in dying:
+                if slot in owner:
+                    pool.give(owner.pop(slot))
+            for slot in writes:
+                if slot in owner and last.get(slot, index) <= index:
+                    pool.give(owner.pop(slot))
+        self.pool = pool
+        # Regions run one after another, so they share one set of block buffers,
+        # as many of each (shape, dtype) as the region needing the most.
+        self.block_specs = _shared_specs(
+            unit.block_specs for unit in self.units if isinstance(unit, _BlockedRegion)
+        )
 
     def pool_bytes(self) -> int:
-        """Return the bytes of the reused intermediate buffers."""
-        total = 0
-        for shape, dtype in self.pool_specs:
-            count = 1
-            for extent in shape:
-                count *= extent
-            total += count * dtype.itemsize
-        return total
+        """Return the bytes of the whole-array and block buffers kept between calls."""
+        blocks = sum(_size(shape) * dtype.itemsize for shape, dtype in self.block_specs)
+        return self.pool.nbytes() + blocks
 
     def __call__(self, arrays):
         plan = self.plan
         if self.buffers is None:
-            self.buffers = [numpy.empty(shape, dtype) for shape, dtype in self.pool_specs]
-        buffers = self.buffers
+            self.buffers = [numpy.empty(shape, dtype) for shape, dtype in self.pool.specs]
+            self._bind_blocks()
         values = dict(plan.constants)
         for plan_input, array in zip(plan.inputs, arrays):
             values[plan_input.slot] = array
         backend = plan.backend
         with numpy.errstate(all="ignore"):
-            for step, kernel, (buffer, scratch) in zip(plan.steps, self.kernels,
-                                                       self.assignments):
-                inputs = [values[slot] for slot in step.inputs]
-                if kernel is None:
-                    values[step.output] = step.op.forward(backend, *inputs, **step.params)
-                    continue
-                if buffer is None:
-                    out = numpy.empty(step.shape, step.dtype)
-                else:
-                    out = buffers[buffer]
-                kernel[0](out, tuple(buffers[number] for number in scratch), *inputs)
-                values[step.output] = out
+            for unit in self.units:
+                unit.run(values, self.buffers, backend)
         return _returned_arrays(plan, values, self.fresh)
+
+    def _bind_blocks(self) -> None:
+        arrays = {}
+        for (shape, dtype), count in self.block_specs.items():
+            arrays[shape, dtype] = [numpy.empty(shape, dtype) for _ in range(count)]
+        for unit in self.units:
+            if isinstance(unit, _BlockedRegion):
+                used, unit.blocks = {}, []
+                for spec in unit.block_specs:
+                    position = used.get(spec, 0)
+                    used[spec] = position + 1
+                    unit.blocks.append(arrays[spec][position])
+
+
+def _shared_specs(spec_lists) -> dict:
+    """Return, for each (shape, dtype), the most buffers any one region needs."""
+    counts = {}
+    for specs in spec_lists:
+        mine = {}
+        for spec in specs:
+            mine[spec] = mine.get(spec, 0) + 1
+        for spec, count in mine.items():
+            counts[spec] = max(counts.get(spec, 0), count)
+    return counts
 
 
 def _returned_arrays(plan, values, fresh) -> list:

@@ -69,10 +69,10 @@ def _params_key(params: dict) -> tuple:
     return tuple(sorted((key, repr(value)) for key, value in params.items()))
 
 
-def _constant_key(array):
+def _constant_key(backend, array):
     if _size(array.shape) > _SMALL_CONSTANT:
         return None
-    host = numpy.asarray(array)
+    host = backend.to_numpy(array)
     return (host.dtype.str, host.shape, host.tobytes())
 
 
@@ -80,7 +80,7 @@ def eliminate_common_subexpressions(plan: Plan) -> Plan:
     """Merge small equal constants, then steps with the same op, inputs and parameters."""
     renames, constants, seen_constants = {}, {}, {}
     for slot, array in plan.constants.items():
-        key = _constant_key(array)
+        key = _constant_key(plan.backend, array)
         if key is not None and key in seen_constants:
             renames[slot] = seen_constants[key]
             continue
@@ -105,12 +105,26 @@ def _resolve(renames, slot):
     return slot
 
 
-def _is_filled_with(array, value) -> bool:
-    host = numpy.asarray(array)
+def _is_filled_with(backend, array, value) -> bool:
+    host = backend.to_numpy(array)
     return bool(host.size) and bool(numpy.all(host == value))
 
 
-def _simplify(step: Step, constants: dict, info: dict):
+def _uniform_value(backend, array):
+    """Return a 0-d constant bitwise equal to every element of ``array``, or None."""
+    host = backend.to_numpy(array)
+    if host.size == 0 or host.dtype.itemsize not in (1, 2, 4, 8):
+        return None
+    first = host.reshape(-1)[:1].copy().reshape(())
+    if not all(stride == 0 for stride in host.strides):
+        # Bits, not values, so that -0.0 and 0.0 differ and NaNs match.
+        flat = numpy.ascontiguousarray(host).reshape(-1).view(f"u{host.dtype.itemsize}")
+        if not bool(numpy.all(flat == flat[0])):
+            return None
+    return backend.asarray(first)
+
+
+def _simplify(step: Step, constants: dict, info: dict, backend):
     """Return a slot equal to the step's value, a replacement step, or None."""
     name = step.name
     if name in ("zeros_like", "ones_like"):
@@ -129,7 +143,8 @@ def _simplify(step: Step, constants: dict, info: dict):
     value, positions = neutral
     for position in positions:
         constant = inputs[position]
-        if constant not in constants or not _is_filled_with(constants[constant], value):
+        if constant not in constants or not _is_filled_with(backend, constants[constant],
+                                                            value):
             continue
         other = inputs[1 - position]
         shape, dtype = info[other]
@@ -169,7 +184,7 @@ def fold_constants(plan: Plan) -> Plan:
                 constants[step.output] = step.op.forward(backend, *arrays, **step.params)
             slot_info[step.output] = (step.shape, step.dtype)
             continue
-        simpler = _simplify(step, constants, info)
+        simpler = _simplify(step, constants, info, backend)
         if isinstance(simpler, Step):
             steps.append(simpler)
         elif simpler is not None:
@@ -178,6 +193,137 @@ def fold_constants(plan: Plan) -> Plan:
             steps.append(step)
     folded = _rename(plan, renames, steps, constants)
     return eliminate_dead_code(folded.replace(slot_info=slot_info))
+
+
+def shrink_uniform_constants(plan: Plan) -> Plan:
+    """Replace each large constant whose elements are all equal with a broadcast of one.
+
+    Folding leaves such constants behind (the seed of ones broadcast to a
+    batch, for one). As a broadcast of a 0-d constant, a fused region reads
+    one number in place of a whole array, and the plan holds no copy of it.
+    The broadcast step goes just before the first step that reads it.
+    """
+    backend = plan.backend
+    constants, slot_info = dict(plan.constants), dict(plan.slot_info)
+    broadcasts = {}
+    next_slot = plan.next_slot
+    for slot, array in plan.constants.items():
+        if _size(array.shape) <= _SMALL_CONSTANT:
+            continue
+        value = _uniform_value(backend, array)
+        if value is None:
+            continue
+        shape, dtype = plan.info(slot)
+        del constants[slot], slot_info[slot]
+        constants[next_slot] = value
+        slot_info[next_slot] = ((), dtype)
+        broadcasts[slot] = Step(_broadcast_to, (next_slot,), {"shape": tuple(shape)}, slot,
+                                tuple(shape), dtype)
+        next_slot += 1
+    if not broadcasts:
+        return plan
+    steps = []
+    for step in plan.steps:
+        for input_slot in step.inputs:
+            if input_slot in broadcasts:
+                steps.append(broadcasts.pop(input_slot))
+        steps.append(step)
+    steps.extend(broadcasts.values())  # constants that are only returned
+    return plan.replace(steps=steps, constants=constants, slot_info=slot_info,
+                        next_slot=next_slot)
+
+
+def _uses(plan: Plan) -> dict:
+    counts = {}
+    for step in plan.steps:
+        for slot in step.inputs:
+            counts[slot] = counts.get(slot, 0) + 1
+    for slot in plan.outputs:
+        counts[slot] = counts.get(slot, 0) + 1
+    return counts
+
+
+def fold_negations(plan: Plan) -> Plan:
+    """Absorb negations, which traced backward rules leave everywhere, into other steps.
+
+    ``a + (-b)`` and ``(-b) + a`` become ``a - b``, ``a - (-b)`` becomes
+    ``a + b``, and ``-(-a)`` becomes ``a``. A product with a one-element
+    floating-point constant ``k`` takes the sign: ``(-a) * k`` becomes
+    ``a * (-k)``, and so do ``((-a) / b) * k`` and ``((-a) * b) * k`` when
+    nothing else reads the quotient or product. Negation is exact, so every
+    rewrite gives bitwise the same values.
+    """
+    backend = plan.backend
+    constants = dict(plan.constants)
+    uses = _uses(plan)
+    producers, renames, steps = {}, {}, []
+    next_slot = plan.next_slot
+
+    def negated(slot):
+        step = producers.get(slot)
+        return step.inputs[0] if step is not None and step.name == "negative" else None
+
+    def scale(slot):
+        if slot not in constants or _size(constants[slot].shape) != 1:
+            return None
+        dtype = numpy.dtype(_dtype_text(constants[slot].dtype))
+        return slot if dtype.kind == "f" else None
+
+    def add_step(step):
+        steps.append(step)
+        producers[step.output] = step
+
+    for step in plan.steps:
+        step = step.with_inputs(_resolve(renames, slot) for slot in step.inputs)
+        name, inputs = step.name, step.inputs
+        if name == "negative" and negated(inputs[0]) is not None:
+            renames[step.output] = negated(inputs[0])
+            continue
+        if name in ("add", "subtract") and len(inputs) == 2:
+            first, second = inputs
+            if negated(second) is not None:
+                other = "subtract" if name == "add" else "add"
+                step = Step(_binary(other), (first, negated(second)), {}, step.output,
+                            step.shape, step.dtype)
+            elif name == "add" and negated(first) is not None:
+                step = Step(_binary("subtract"), (second, negated(first)), {}, step.output,
+                            step.shape, step.dtype)
+        elif name == "multiply" and len(inputs) == 2:
+            for position in (0, 1):
+                constant, operand = inputs[1 - position], inputs[position]
+                if scale(constant) is None:
+                    continue
+                inner = producers.get(operand)
+                if negated(operand) is not None:
+                    operand = negated(operand)
+                elif (inner is not None and inner.name in ("multiply", "divide")
+                      and len(inner.inputs) == 2 and negated(inner.inputs[0]) is not None
+                      and uses.get(operand) == 1):
+                    product = Step(inner.op, (negated(inner.inputs[0]), inner.inputs[1]),
+                                   inner.params, next_slot, inner.shape, inner.dtype)
+                    next_slot += 1
+                    add_step(product)
+                    operand = product.output
+                else:
+                    continue
+                constants[next_slot] = backend.negative(constants[constant])
+                flipped = [None, None]
+                flipped[position], flipped[1 - position] = operand, next_slot
+                next_slot += 1
+                step = step.with_inputs(flipped)
+                break
+        add_step(step)
+    folded = _rename(plan, renames, steps, constants).replace(next_slot=next_slot)
+    slot_info = dict(plan.slot_info)
+    for slot, array in constants.items():
+        slot_info.setdefault(slot, (tuple(array.shape), array.dtype))
+    return eliminate_dead_code(folded.replace(slot_info=slot_info))
+
+
+def _binary(name):
+    from gpuflow.ops import elementwise
+
+    return getattr(elementwise, f"_{name}")
 
 
 def rewrite_sigmoid_partial(plan: Plan) -> Plan:
@@ -317,8 +463,8 @@ def _connect(plan: Plan, regions) -> None:
 
 
 PASSES = (eliminate_dead_code, eliminate_common_subexpressions, fold_constants,
-          eliminate_common_subexpressions, rewrite_sigmoid_partial, eliminate_dead_code,
-          partition)
+          shrink_uniform_constants, fold_negations, eliminate_common_subexpressions,
+          rewrite_sigmoid_partial, eliminate_dead_code, partition)
 
 
 def optimize(plan: Plan) -> Plan:
