@@ -1,10 +1,11 @@
-"""Summarize a pytest-benchmark JSON file: medians, ratios to the NumPy baseline, peak memory.
+"""Summarize a pytest-benchmark JSON file: medians, ratios to the NumPy baseline, memory.
 
 Usage: python benchmarks/report.py RESULTS.json
 
 Within each benchmark group the test whose name ends in ``_numpy`` (or ``_out``,
-hand-written NumPy with out= buffers) is the baseline; every other test in the
-group is reported as a ratio of medians.
+hand-written NumPy with out= buffers, or ``_first_call_eager``, the eager call
+that a compiled first call is compared with) is the baseline; every other test
+in the group is reported as a ratio of medians.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def _megabytes(count) -> str:
 
 
 def _is_baseline(bench: dict) -> bool:
-    return bench["name"].endswith(("_numpy", "_out"))
+    return bench["name"].endswith(("_numpy", "_out", "_first_call_eager"))
 
 
 def summarize(results: dict) -> str:
@@ -34,8 +35,9 @@ def summarize(results: dict) -> str:
     for bench in results["benchmarks"]:
         groups[bench["group"] or ""].append(bench)
     lines = [
-        "| workload | implementation | median | ratio to baseline | peak memory per call |",
-        "|---|---|---|---|---|",
+        "| workload | implementation | median | ratio to baseline | peak memory per call "
+        "| memory / (inputs + outputs) |",
+        "|---|---|---|---|---|---|",
     ]
     for group in sorted(groups):
         benches = groups[group]
@@ -44,10 +46,12 @@ def summarize(results: dict) -> str:
             median = bench["stats"]["median"]
             ratio = median / baseline["stats"]["median"] if baseline else float("nan")
             implementation = bench["name"].rsplit("_", 1)[-1]
-            peak = bench.get("extra_info", {}).get("peak_bytes")
+            extra = bench.get("extra_info", {})
+            memory = extra.get("memory_ratio")
             lines.append(
                 f"| {group} | {implementation} | {_time(median)} | {ratio:.2f} | "
-                f"{_megabytes(peak)} |"
+                f"{_megabytes(extra.get('peak_bytes'))} | "
+                f"{'-' if memory is None else f'{memory:.2f}'} |"
             )
     machine = results.get("machine_info", {})
     lines.append("")

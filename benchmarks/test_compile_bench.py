@@ -60,6 +60,7 @@ def _pool_bytes(compiled) -> int:
     return sum(entry[2].pool_bytes() for entry in compiled.cache.values())
 
 
+
 @pytest.fixture(scope="module")
 def batch():
     rng = np.random.default_rng(0)
@@ -208,3 +209,36 @@ def test_root_compiled(benchmark, coefficients):
     np.testing.assert_allclose(value, expected[0], rtol=1e-4)
     for gradient, reference in zip(grads, expected[1]):
         np.testing.assert_allclose(gradient, reference, rtol=2e-5, atol=1e-6)
+
+
+# First call: a new signature traces the function on placeholders, builds the plan and
+# runs it, which is what a one-off `gpuflow grad` pays. Each round compiles afresh.
+
+
+def _first_call(function, argnums):
+    def call(*args):
+        return gf.compile(function, argnums)(*args)
+
+    return call
+
+
+@pytest.mark.benchmark(group="compile: first call, quadratic batch")
+def test_quadratic_first_call_eager(benchmark, batch):
+    run(benchmark, quadratic_eager, *batch)
+
+
+@pytest.mark.benchmark(group="compile: first call, quadratic batch")
+def test_quadratic_first_call_compiled(benchmark, batch):
+    value, grads = run(benchmark, _first_call(quadratic, (0, 1, 2, 3)), *batch)
+    np.testing.assert_allclose(value, quadratic_out(*batch)[0], rtol=1e-4)
+
+
+@pytest.mark.benchmark(group="compile: first call, quadratic root")
+def test_root_first_call_eager(benchmark, coefficients):
+    run(benchmark, root_eager, *coefficients)
+
+
+@pytest.mark.benchmark(group="compile: first call, quadratic root")
+def test_root_first_call_compiled(benchmark, coefficients):
+    value, grads = run(benchmark, _first_call(root, (0, 1, 2)), *coefficients)
+    np.testing.assert_allclose(value, root_out(*coefficients)[0], rtol=1e-4)

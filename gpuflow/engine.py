@@ -91,7 +91,11 @@ def run_backward(
         if not root.requires_grad:
             continue
         data = root.data
-        if seed is None and create_graph:
+        if seed is None and create_graph and state.capture:
+            # A broadcast of one 1: a compiled plan reads one number, not a batch of ones.
+            one = backend.ones((), dtype=data.dtype)
+            seed = Tensor._wrap(backend.broadcast_to(one, data.shape), backend)
+        elif seed is None and create_graph:
             seed = Tensor._wrap(backend.ones(data.shape, dtype=data.dtype), backend)
         elif seed is None:
             seed = Ones(data.shape, data.dtype, backend)

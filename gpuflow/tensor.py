@@ -30,6 +30,9 @@ class _State(threading.local):
         # Set while gpuflow.compile traces a function: operations that record no
         # gradient node still get a Node, so that the plan can replay them.
         self.capture = False
+        # Set while gpuflow.compile traces on placeholders (gpuflow.compile.placeholder):
+        # operations then run through placeholder.forward.
+        self.placeholders = False
 
 
 state = _State()
@@ -125,6 +128,10 @@ class Tensor:
     def __init__(self, data, requires_grad: bool = False, backend=None, name: str | None = None):
         if isinstance(data, Tensor):
             data = data.data
+        if getattr(data, "is_placeholder", False):
+            from gpuflow.compile.placeholder import _reject
+
+            _reject("gpuflow.Tensor(...) of a traced value")
         chosen = backends.get_backend(backend) if backend is not None else backends.backend_of(data)
         if chosen is None:
             chosen = backends.default_backend()
@@ -214,7 +221,9 @@ class Tensor:
 
     def __repr__(self) -> str:
         flags = ", requires_grad=True" if self.requires_grad else ""
-        return f"Tensor({self.backend.to_numpy(self.data)!r}{flags}, backend={self.backend.name!r})"
+        data = self.data
+        shown = data if getattr(data, "is_placeholder", False) else self.backend.to_numpy(data)
+        return f"Tensor({shown!r}{flags}, backend={self.backend.name!r})"
 
     def __hash__(self) -> int:
         return id(self)
@@ -575,11 +584,15 @@ def apply(op, inputs, params):
     elif op.check is not None:
         op.check(op.name, arrays, params)
     record = record and state.recording and op.differentiable
-    if record and op.forward_cached is not None:
+    if state.placeholders:
+        from gpuflow.compile import placeholder
+
+        out, cache = placeholder.forward(op, backend, arrays, params), None
+    elif record and op.forward_cached is not None:
         out, cache = op.forward_cached(backend, *arrays, **params)
     else:
         out, cache = op.forward(backend, *arrays, **params), None
-    if not op.symbolic_ones and not backend.is_array(out):
+    if not op.symbolic_ones and not backend.is_array(out) and not state.placeholders:
         raise TypeError(
             f"the forward function of operation {op.name!r} returned "
             f"{type(out).__name__}, not an array of the {backend.name} backend; return "
@@ -647,6 +660,10 @@ def _convert_inputs(op, inputs, backend):
         if value is None or isinstance(value, _NUMBER_TYPES):
             continue
         owner = value.backend if isinstance(value, Tensor) else backends.backend_of(value)
+        if owner is None and getattr(value, "is_placeholder", False):
+            from gpuflow.compile.placeholder import _reject
+
+            _reject(f"{op.name} on the .data of a traced Tensor")
         if owner is None:
             raise TypeError(
                 f"{op.name}: unsupported input of type {type(value).__name__}; pass a Tensor, "

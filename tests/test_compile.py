@@ -23,7 +23,7 @@ def quadratic(x, a, b, c):
 
 # Random expressions: a tree of operations over the inputs, kept in safe domains.
 
-_UNARY = ("exp", "tanh", "sigmoid", "square", "sqrt")
+_UNARY = ("exp", "tanh", "sigmoid", "square", "sqrt", "sin", "softplus", "abs", "log1p")
 _BINARY = ("add", "subtract", "multiply", "divide", "maximum", "where")
 
 
@@ -53,6 +53,14 @@ def _evaluate(tree, inputs):
         return gf.square(operands[0])
     if kind == "sqrt":
         return gf.sqrt(operands[0] * operands[0] + 1.0)
+    if kind == "sin":
+        return gf.sin(operands[0])
+    if kind == "softplus":
+        return gf.softplus(operands[0])
+    if kind == "abs":
+        return gf.abs(operands[0])
+    if kind == "log1p":
+        return gf.log1p(operands[0] * operands[0])
     first, second = operands
     if kind == "add":
         return first + second
@@ -249,6 +257,24 @@ def test_generated_source_compiles(name, dtype, architecture):
             assert f".entry gpuflow_region{index}" in result.ptx
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    count=st.integers(1, 3),
+    data=st.data(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_random_expression_source_compiles(count, data, dtype):
+    tree = data.draw(_expressions(count))
+    function = _function_of(tree, count)
+    compiled = gf.compile(lambda *args: gf.sum(function(*args)), tuple(range(count)))
+    compiled(*[np.linspace(0.5, 1.5, 8).astype(dtype) for _ in range(count)])
+    source = generated_cuda_source(compiled.plan)
+    options = ["--std=c++14", "--gpu-architecture=sm_90", "-Werror=all-warnings"]
+    result = nvrtc_compile(source, "random.cu", options)
+    assert result.succeeded, f"NVRTC {result.status}:\n{result.log}\n{source}"
+    assert result.log == "", f"NVRTC log:\n{result.log}"
+
+
 def _run_command(capsys, *arguments):
     from gpuflow.cli.main import main
 
@@ -385,7 +411,7 @@ def _fused_regions(compiled):
     return [unit for unit in program.units if isinstance(unit, _BlockedRegion)]
 
 
-def test_quadratic_runs_as_one_blocked_region(small_blocks):
+def test_quadratic_is_one_blocked_region(small_blocks):
     compiled = gf.compile(lambda x, a, b, c: gf.sum(quadratic(x, a, b, c)), (0, 1, 2, 3))
     x = np.linspace(-1.0, 2.0, 23)
     value, (gx, ga, gb, gc) = compiled(x, 2.0, 1.0, 4.0)
@@ -396,7 +422,7 @@ def test_quadratic_runs_as_one_blocked_region(small_blocks):
     np.testing.assert_allclose([ga, gb, gc], [np.sum(x**2), np.sum(x), 23.0], rtol=1e-13)
 
 
-def test_sum_and_mean_of_a_broadcast_count_every_element(small_blocks):
+def test_broadcast_sums_count_every_element(small_blocks):
     # Inside a block a broadcast of one value is that value, so its sum is value * count.
     def function(x, b):
         wide = gf.broadcast_to(b, (23,))
@@ -411,7 +437,7 @@ def test_sum_and_mean_of_a_broadcast_count_every_element(small_blocks):
     np.testing.assert_allclose(gb, 23.0 + 10.0, rtol=1e-13)
 
 
-def test_non_contiguous_inputs_are_read_in_order(small_blocks):
+def test_non_contiguous_inputs_match_eager(small_blocks):
     x = np.arange(60.0).reshape(6, 10)[:, ::2]
     compiled = gf.compile(lambda t: gf.sum(gf.tanh(t * 0.1) * t))
     value, gradient = compiled(x)
@@ -431,7 +457,7 @@ def test_region_output_feeds_a_later_step(small_blocks):
     np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-13)
 
 
-def test_float32_sums_accumulate_per_block_in_float64(small_blocks):
+def test_float32_block_sums_use_float64(small_blocks):
     x = np.full(1001, 0.1, dtype=np.float32)
     value, gradient = gf.compile(lambda t: gf.sum(t * 3.0))(x)
     assert value.dtype == np.float32 and value.shape == ()
@@ -439,7 +465,7 @@ def test_float32_sums_accumulate_per_block_in_float64(small_blocks):
     np.testing.assert_array_equal(gradient, np.full(1001, 3.0, dtype=np.float32))
 
 
-def test_block_buffers_do_not_grow_with_the_batch():
+def test_block_buffers_ignore_batch_size():
     from gpuflow.compile import numpy_exec
 
     compiled = gf.compile(lambda x: gf.sum(gf.sigmoid(x)))
@@ -460,13 +486,13 @@ def test_block_must_be_positive():
 # The passes that shrink uniform constants and absorb negations.
 
 
-def test_seed_broadcast_becomes_a_broadcast_of_one_number():
+def test_seed_becomes_scalar_broadcast():
     plan = passes.optimize(_traced(lambda a: gf.sum(1.0 / a), [np.linspace(1.0, 2.0, 40)], (0,)))
     large = [slot for slot, array in plan.constants.items() if np.size(array) > 16]
     assert large == [], str(plan)
 
 
-def test_uniform_constants_keep_the_sign_of_zero():
+def test_uniform_constants_keep_zero_sign():
     backend = NUMPY
     assert passes._uniform_value(backend, np.array([0.0, -0.0] * 10)) is None
     assert float(passes._uniform_value(backend, np.full(20, -0.0))) == 0.0
@@ -498,7 +524,7 @@ def test_negations_fold_bitwise_exactly(function):
     np.testing.assert_array_equal(gradient, expected_gradient)
 
 
-def test_negation_of_a_shared_quotient_stays():
+def test_shared_quotient_keeps_negation():
     # (-a / b) is read twice, so taking the sign out would compute a / b as well.
     function = lambda a, b: (-a / b) * 3.0 + (-a / b)  # noqa: E731
     a, b = np.linspace(1.0, 2.0, 5), np.linspace(2.0, 3.0, 5)
@@ -506,3 +532,125 @@ def test_negation_of_a_shared_quotient_stays():
     expected_value, expected_grads = gf.value_and_grad(function, (0, 1))(a, b)
     np.testing.assert_array_equal(value, expected_value)
     np.testing.assert_allclose(grads[0], expected_grads[0], rtol=1e-15)
+
+
+# Tracing on placeholders: shapes and dtypes without values.
+
+
+def test_trace_runs_elementwise_on_one_element():
+    seen = []
+
+    def forward(xp, x):
+        seen.append(tuple(x.shape))
+        return xp.exp(x)
+
+    exp_like = gf.define_op("exp_like", forward, lambda g, out, x: (g * out,), elementwise=True)
+    compiled = gf.compile(lambda t: gf.sum(exp_like(t * 2.0)))
+    x = np.linspace(-1.0, 1.0, 1000)
+    value, gradient = compiled(x)
+    traced = seen[: seen.index((1000,))] if (1000,) in seen else seen
+    assert traced and all(shape == () for shape in traced), seen
+    np.testing.assert_allclose(value, np.sum(np.exp(2.0 * x)), rtol=1e-13)
+    np.testing.assert_allclose(gradient, 2.0 * np.exp(2.0 * x), rtol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "function, what",
+    [
+        (lambda t: gf.sum(t * np.exp(t.data)), "numpy.exp"),
+        (lambda t: gf.sum(t * gf.Tensor(t)), r"gpuflow.Tensor\(...\)"),
+        (lambda t: gf.sum(t * t.data), r"multiply on the .data of a traced Tensor"),
+        (lambda t: gf.sum(t) * float(t.detach()), r"float\(\)"),
+        (lambda t: gf.sum(t) * t.data[0], "indexing"),
+        (lambda t: gf.sum(t) * np.asarray(t.data).sum(), "converting to a NumPy array"),
+        (lambda t: gf.sum(t) * t.data.max(), r"the array method max\(\)"),
+        (lambda t: gf.sum(t) * (t.data + 1.0), "the operator add"),
+    ],
+)
+def test_reading_traced_values_raises(function, what):
+    with pytest.raises(TypeError, match=f"compile: {what}.*placeholders that hold no values"):
+        gf.compile(function)(np.linspace(1.0, 2.0, 5))
+
+
+def test_printed_tracer_shows_placeholder(capsys):
+    def function(t):
+        print(t)
+        return gf.sum(t)
+
+    gf.compile(function)(np.ones(3))
+    assert "<placeholder float64[3]>" in capsys.readouterr().out
+
+
+def test_compiled_graph_draws_without_values():
+    compiled = gf.compile(lambda x, a: gf.sum(a * x**2), (0, 1))
+    compiled(np.ones(4), 2.0)
+    assert "power" in compiled.graph.to_dot()
+    with pytest.raises(ValueError, match="traced by gpuflow.compile on placeholders"):
+        compiled.graph.to_dot(values=True)
+
+
+def test_anomaly_mode_traces_real_values():
+    compiled = gf.compile(lambda t: gf.sum(gf.log(t)))
+    with gf.detect_anomaly(), pytest.raises(FloatingPointError, match="log"):
+        compiled(np.array([1.0, 0.0]))
+
+
+# Every operation traced on placeholders: compiled against eager, on random inputs.
+
+from op_specs import BINARY, BROADCAST_SHAPES, UNARY  # noqa: E402
+
+
+def _check_compiled(function, inputs, rtol=1e-12):
+    argnums = tuple(range(len(inputs)))
+    value, grads = gf.compile(function, argnums)(*inputs)
+    expected_value, expected_grads = gf.value_and_grad(function, argnums)(*inputs)
+    np.testing.assert_allclose(value, expected_value, rtol=rtol, atol=1e-12)
+    for got, expected in zip(grads, expected_grads):
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=rtol, atol=1e-12)
+
+
+@pytest.mark.parametrize("spec", UNARY, ids=lambda spec: spec.name)
+def test_every_unary_operation_compiles(spec):
+    x = spec.domain(np.random.default_rng(7), (3, 4))
+    _check_compiled(lambda t: gf.sum(spec.function(t) * t), [x])
+
+
+@pytest.mark.parametrize("shapes", BROADCAST_SHAPES, ids=str)
+@pytest.mark.parametrize("spec", BINARY, ids=lambda spec: spec.name)
+def test_every_binary_operation_compiles(spec, shapes):
+    rng = np.random.default_rng(8)
+    a, b = (domain(rng, shape) for domain, shape in zip(spec.domains, shapes))
+    _check_compiled(lambda s, t: gf.sum(spec.function(s, t)), [a, b])
+
+
+STRUCTURAL = {
+    "sum_axis": lambda t: gf.sum(gf.sum(t, axis=1) ** 2),
+    "mean_keepdims": lambda t: gf.sum(gf.mean(t, axis=0, keepdims=True) * t),
+    "max": lambda t: gf.sum(gf.max(t, axis=1)),
+    "min": lambda t: gf.sum(gf.min(t, axis=0)),
+    "logsumexp": lambda t: gf.sum(gf.logsumexp(t, axis=1)),
+    "norm": lambda t: gf.norm(t),
+    "matmul": lambda t: gf.sum(gf.matmul(t, gf.transpose(t))),
+    "matrix_transpose": lambda t: gf.sum(gf.matrix_transpose(t) * 2.0),
+    "reshape": lambda t: gf.sum(gf.reshape(t, (4, 3)) * np.arange(12.0).reshape(4, 3)),
+    "getitem": lambda t: gf.sum(gf.getitem(t, (slice(None), 1)) * t[0, :3]),
+    "concatenate": lambda t: gf.sum(gf.concatenate([t, t * t], axis=0) ** 2),
+    "stack": lambda t: gf.sum(gf.stack([t, gf.exp(t)]) ** 2),
+    "flip": lambda t: gf.sum(gf.flip(t, axis=1) * np.arange(12.0).reshape(3, 4)),
+    "expand_squeeze": lambda t: gf.sum(gf.squeeze(gf.expand_dims(t, 0), 0) ** 3),
+    "broadcast_to": lambda t: gf.sum(gf.broadcast_to(gf.sum(t, axis=0), (2, 4)) ** 2),
+    "where": lambda t: gf.sum(gf.where(t > 0.0, t * t, -t)),
+    "clip": lambda t: gf.sum(gf.clip(t, -0.5, 0.5) * t),
+    "sign": lambda t: gf.sum(gf.sign(t) * t * t),
+    "astype": lambda t: gf.sum(gf.astype(t, "float32") * 2.0),
+    "multiply_add": lambda t: gf.sum(gf.multiply_add(t, t, 1.0)),
+    "comparisons": lambda t: gf.sum(gf.where(gf.logical_and(t < 1.0, t >= -1.0), t, 0.0 * t)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURAL))
+def test_every_structural_operation_compiles(name):
+    x = np.random.default_rng(9).uniform(-2.0, 2.0, (3, 4))
+    rtol = 1e-6 if name == "astype" else 1e-12
+    _check_compiled(STRUCTURAL[name], [x], rtol=rtol)

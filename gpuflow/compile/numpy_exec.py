@@ -1,9 +1,9 @@
 """Run a Plan on NumPy: fused regions block by block, other steps on whole arrays.
 
 A fused region whose values all have the region's shape or one element runs
-on ``BLOCK`` elements at a time (see ``_BlockedRegion``), so its
-intermediates live in a few block-sized buffers that stay in the cache, and
-peak memory is the inputs, the outputs and those buffers. Other steps run on
+on ``BLOCK`` elements at a time (see ``_BlockedRegion``). Its intermediates
+then live in a few block-sized buffers that stay in the cache, and peak
+memory is the inputs, the outputs and those buffers. Other steps run on
 whole arrays: the mapped ufuncs write with ``out=`` into buffers of a pool, and
 other operations run their own forward function.
 
@@ -188,8 +188,8 @@ def _may_alias(step) -> bool:
 def _last_uses(units, outputs, forever) -> dict:
     """Return, for each slot, the index of the last unit that reads it (or may alias it).
 
-    A unit is a ``(reads, writes, aliasing)`` triple; ``aliasing`` says whether
-    its results may be views of what it reads.
+    A unit is a ``(reads, writes, aliasing)`` triple, where ``aliasing`` is
+    whether its results may be views of what it reads.
     """
     last = {slot: forever for slot in outputs}
     for index, (reads, _, _) in enumerate(units):
@@ -305,8 +305,8 @@ class _BlockedRegion:
                 scratch = tuple(pool.take((self.block,), dtype) for dtype in kernel[1])
                 if step.output not in self.materialized:
                     number = owner[step.output] = pool.take((self.block,), step.dtype)
-                for taken in scratch:
-                    pool.give(taken)
+                for scratch_number in scratch:
+                    pool.give(scratch_number)
             for slot in dying:
                 if slot in owner:
                     pool.give(owner.pop(slot))
@@ -378,7 +378,7 @@ class _BlockedRegion:
                         numpy.copyto(out, result, casting="unsafe")
                     continue
                 if scratch:
-                    kernel[0](out, tuple(blocks[taken][:length] for taken in scratch), *inputs)
+                    kernel[0](out, tuple(blocks[number][:length] for number in scratch), *inputs)
                 else:
                     kernel[0](out, (), *inputs)
                 current[step.output] = out

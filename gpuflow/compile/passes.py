@@ -107,6 +107,8 @@ def _resolve(renames, slot):
 
 def _is_filled_with(backend, array, value) -> bool:
     host = backend.to_numpy(array)
+    if host.size and not any(host.strides):
+        host = host.reshape(-1)[:1]  # a broadcast of one element
     return bool(host.size) and bool(numpy.all(host == value))
 
 
@@ -200,7 +202,7 @@ def shrink_uniform_constants(plan: Plan) -> Plan:
 
     Folding leaves such constants behind (the seed of ones broadcast to a
     batch, for one). As a broadcast of a 0-d constant, a fused region reads
-    one number in place of a whole array, and the plan holds no copy of it.
+    one number in place of a whole array, and the plan keeps no copy of it.
     The broadcast step goes just before the first step that reads it.
     """
     backend = plan.backend

@@ -137,21 +137,27 @@ def trace_plan(f, args, numbers, names, backend, kwargs=None):
     pass runs with ``create_graph=True``, so its operations are recorded as
     ordinary nodes. Return the Plan and the printable Graph of every node.
     """
+    from gpuflow.compile.placeholder import placeholder_like
     from gpuflow.graph import Graph
 
+    # On NumPy the trace runs on placeholders (see gpuflow.compile.placeholder), except
+    # in anomaly mode, which checks the values as operations run.
+    placeholders = backend.name == "numpy" and not state.anomaly
     call_args, leaves, labels = [], [], {}
     for position, value in enumerate(args):
         if not backend.is_array(value):
             call_args.append(value)
             continue
+        if placeholders:
+            value = placeholder_like(value)
         tensor = Tensor._wrap(value, backend, requires_grad=position in numbers)
         labels[id(tensor)] = names[position]
         leaves.append((position, tensor))
         call_args.append(tensor)
     targets = [call_args[number] for number in numbers]
 
-    previous = state.capture, state.tape
-    state.capture, state.tape = True, None
+    previous = state.capture, state.tape, state.placeholders
+    state.capture, state.tape, state.placeholders = True, None, placeholders
     try:
         with fusion_disabled(), enable_grad(), backend.errstate():
             out = f(*call_args, **(kwargs or {}))
@@ -164,7 +170,7 @@ def trace_plan(f, args, numbers, names, backend, kwargs=None):
             if out.requires_grad:
                 found = run_backward([out], [None], targets, create_graph=True)
     finally:
-        state.capture, state.tape = previous
+        state.capture, state.tape, state.placeholders = previous
 
     grads = []
     for target in targets:

@@ -1,0 +1,172 @@
+"""Placeholders: the values ``gpuflow.compile`` traces with on NumPy, which have no data to read.
+
+A plan depends on the shapes and dtypes of its inputs, not on their values,
+so tracing on the real arrays would only repeat the whole computation once
+more. On NumPy the trace runs on placeholders instead: arrays of the real
+shapes whose elements all share one memory location (zero strides). While
+tracing, ``apply`` hands each operation to ``forward`` below. An elementwise
+operation whose inputs each have one value runs on those values and
+broadcasts the result, so the trace of a batch costs about as much as the
+trace of a single element. Other operations run on the zero-stride arrays.
+
+Every traced result that depends on an argument is a ``Placeholder`` too.
+Its values are not the function's values, so NumPy functions, conversions,
+operators and indexing on it raise a TypeError that says so: code that
+reads an argument's data outside gpuflow operations would otherwise leave
+placeholder values in the plan.
+"""
+
+from __future__ import annotations
+
+import numpy
+
+# The value of every element of a floating-point placeholder argument. Any
+# value works, and 0.5 is inside the domain of log, sqrt, arcsin and arccos.
+_FLOAT_FILL = 0.5
+
+
+def _reject(usage: str):
+    raise TypeError(
+        f"compile: {usage} needs the values of a traced array, but gpuflow.compile traces "
+        "f on placeholders that hold no values; compute with gpuflow operations (gf.exp, "
+        "gf.sum, ...) on the Tensors f receives, or use gpuflow.value_and_grad for code "
+        "that needs the values"
+    )
+
+
+class Placeholder:
+    """A traced array during ``gpuflow.compile``: a shape and a dtype, and no readable values.
+
+    It wraps a NumPy array of one value with zero strides, which only
+    ``forward`` reads. It is not an ndarray, so that ``numpy.asarray`` and
+    every other way of reading it reach a method below that raises.
+    """
+
+    __slots__ = ("array",)
+    is_placeholder = True
+
+    def __init__(self, array):
+        self.array = array
+
+    @property
+    def shape(self):
+        return self.array.shape
+
+    @property
+    def dtype(self):
+        return self.array.dtype
+
+    @property
+    def ndim(self):
+        return self.array.ndim
+
+    @property
+    def size(self):
+        return self.array.size
+
+    def __len__(self):
+        return len(self.array)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        _reject(f"numpy.{ufunc.__name__}")
+
+    def __array_function__(self, func, types, args, kwargs):
+        _reject(f"numpy.{func.__name__}")
+
+    def __array__(self, dtype=None, copy=None):
+        _reject("converting to a NumPy array")
+
+    def __dlpack__(self, *args, **kwargs):
+        _reject("converting through DLPack")
+
+    def __getitem__(self, key):
+        _reject("indexing the array itself")
+
+    def __setitem__(self, key, value):
+        _reject("writing to the array")
+
+    def __float__(self):
+        _reject("float()")
+
+    def __int__(self):
+        _reject("int()")
+
+    def __index__(self):
+        _reject("use as an index")
+
+    def __bool__(self):
+        _reject("bool() or an if statement")
+
+    def __complex__(self):
+        _reject("complex()")
+
+    def __iter__(self):
+        _reject("iterating over the array")
+
+    def __getattr__(self, name):
+        if name in _ARRAY_METHODS:
+            _reject(f"the array method {name}()")
+        raise AttributeError(f"placeholder arrays have no attribute {name!r}")
+
+    def __repr__(self):
+        return f"<placeholder {self.dtype}{list(self.shape)}>"
+
+    __str__ = __repr__
+
+
+# Methods of NumPy arrays that read the values; other names raise AttributeError.
+_ARRAY_METHODS = frozenset(
+    "all any argmax argmin argsort astype clip copy cumprod cumsum dot flatten item max mean "
+    "min nonzero prod ravel repeat reshape round sort std sum T take tobytes tofile tolist "
+    "trace transpose var view".split()
+)
+
+
+def _reject_operator(name):
+    def method(self, *args):
+        _reject(f"the operator {name}")
+
+    return method
+
+
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or",
+              "xor", "lshift", "rshift"):
+    setattr(Placeholder, f"__{_name}__", _reject_operator(_name))
+    setattr(Placeholder, f"__r{_name}__", _reject_operator(_name))
+for _name in ("neg", "pos", "abs", "invert", "lt", "le", "gt", "ge"):
+    setattr(Placeholder, f"__{_name}__", _reject_operator(_name))
+
+
+def placeholder_like(array) -> Placeholder:
+    """Return a placeholder of ``array``'s shape and dtype, every element one value."""
+    dtype = numpy.dtype(array.dtype)
+    if dtype.kind == "f":
+        fill = _FLOAT_FILL
+    elif dtype.kind == "b":
+        fill = True
+    else:
+        fill = 1
+    element = numpy.asarray(fill, dtype=dtype)
+    return Placeholder(numpy.broadcast_to(element, array.shape))
+
+
+def _single_value(array) -> bool:
+    """Return whether every element of a NumPy array is the one at a single memory location."""
+    if not isinstance(array, numpy.ndarray) or array.size == 0:
+        return False
+    return array.size == 1 or not any(array.strides)
+
+
+def forward(op, backend, arrays, params):
+    """Run ``op`` during a placeholder trace; return a Placeholder of the result's shape."""
+    plain = [array.array if type(array) is Placeholder else array for array in arrays]
+    if op.elementwise and all(_single_value(array) for array in plain):
+        shape = numpy.broadcast_shapes(*[array.shape for array in plain])
+        elements = [array[(0,) * array.ndim + (Ellipsis,)] for array in plain]
+        result = numpy.asarray(op.forward(backend, *elements, **params))
+        out = numpy.broadcast_to(result, shape)
+    else:
+        out = op.forward(backend, *plain, **params)
+    if isinstance(out, numpy.ndarray) and any(type(array) is Placeholder for array in arrays):
+        out = Placeholder(out)
+    return out
