@@ -180,24 +180,10 @@ class Graph:
     def __len__(self) -> int:
         return len(self.nodes)
 
-    def to_dot(self, path_to: str | None = None, values: bool | None = None) -> str:
-        """Return this graph as Graphviz DOT text, as described in ``gpuflow.viz.to_dot``.
-
-        ``values`` defaults to True, except for a graph that ``gpuflow.compile``
-        traced on placeholders, which has no values to show.
-        """
+    def to_dot(self, path_to: str | None = None, values: bool = True) -> str:
+        """Return this graph as Graphviz DOT text, as described in ``gpuflow.viz.to_dot``."""
         from gpuflow import viz
 
-        traced = any(getattr(tensor.data, "is_placeholder", False)
-                     for tensor in self.tensors.values())
-        if values and traced:
-            raise ValueError(
-                "to_dot: this graph was traced by gpuflow.compile on placeholders, so it has "
-                "no values or partial derivatives to show; pass values=False, or draw the "
-                "graph of an eager evaluation (gpuflow.trace)"
-            )
-        if values is None:
-            values = not traced
         return viz.to_dot(self, path_to=path_to, values=values)
 
 

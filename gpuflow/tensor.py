@@ -292,6 +292,8 @@ class Tensor:
 
     def detach(self) -> Tensor:
         """Return a Tensor with the same data that is not connected to the graph."""
+        if state.capture:
+            return _elementwise.detach_op(self)
         return Tensor._wrap(self.data, self.backend)
 
     def backward(self, gradient=None, retain_graph: bool = False, create_graph: bool = False):
@@ -592,7 +594,9 @@ def apply(op, inputs, params):
         out, cache = op.forward_cached(backend, *arrays, **params)
     else:
         out, cache = op.forward(backend, *arrays, **params), None
-    if not op.symbolic_ones and not backend.is_array(out) and not state.placeholders:
+    if not op.symbolic_ones and not backend.is_array(out) and not (
+        state.placeholders and getattr(out, "is_placeholder", False)
+    ):
         raise TypeError(
             f"the forward function of operation {op.name!r} returned "
             f"{type(out).__name__}, not an array of the {backend.name} backend; return "

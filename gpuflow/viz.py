@@ -393,7 +393,8 @@ def to_dot(graph, path_to: str | None = None, values: bool = True) -> str:
     """Return Graphviz DOT text that draws ``graph`` left to right.
 
     ``values`` shows the traced values and local partial derivatives on the
-    edges, when the graph has them (graphs from ``gpuflow.trace`` do). With
+    edges, when the graph has them (graphs from ``gpuflow.trace`` do, and
+    those that ``gpuflow.compile`` traced on placeholders do not). With
     ``path_to``, the name of an input, every path from the output back to that
     input is highlighted and a caption gives the gradient as the sum over those
     paths of the products of the partials. Raises ValueError when ``path_to``
@@ -406,7 +407,9 @@ def to_dot(graph, path_to: str | None = None, values: bool = True) -> str:
             f"{', '.join(input_names) or '(none: the graph has no inputs)'}"
         )
     labels = input_names + [record.output for record in graph.nodes]
-    have_values = values and all(label in graph.tensors for label in labels)
+    have_values = values and all(label in graph.tensors for label in labels) and not any(
+        getattr(tensor.data, "is_placeholder", False) for tensor in graph.tensors.values()
+    )
     partials = _local_partials(graph) if have_values else {}
     reached, gradient_edges = set(), set()
     if path_to is not None:

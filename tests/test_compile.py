@@ -93,13 +93,7 @@ def test_compiled_matches_eager(count, data, size, seed):
     tree = data.draw(_expressions(count))
     rng = np.random.default_rng(seed)
     inputs = [rng.uniform(-2.0, 2.0, size) for _ in range(count)]
-    argnums = tuple(range(count))
-    function = _function_of(tree, count)
-    value, grads = gf.compile(function, argnums)(*inputs)
-    expected_value, expected_grads = gf.value_and_grad(function, argnums)(*inputs)
-    np.testing.assert_allclose(value, expected_value, rtol=1e-10, atol=1e-12)
-    for got, expected in zip(grads, expected_grads):
-        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+    _check_compiled(_function_of(tree, count), inputs, rtol=1e-10)
 
 
 def test_quadratic_matches_eager():
@@ -308,6 +302,38 @@ def test_command_explain_with_json_uses_stderr(capsys):
     assert json.loads(out)["grad"]["x"]
 
 
+def test_command_compiles_by_default(capsys, monkeypatch):
+    calls = []
+    original = gf.compile
+
+    def recording(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(gf, "compile", recording)
+    status, out, _ = _run_command(capsys, "x*x", "x=1,2")
+    assert status == 0
+    assert len(calls) == 1
+    assert "grad x: [2. 4.]" in out
+    status, _, _ = _run_command(capsys, "x*x", "x=1,2", "--no-compile")
+    assert status == 0
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--explain", "--no-compile"], "--explain cannot be combined with --no-compile"),
+        (["--compile", "--detect-anomaly"], "--compile cannot be combined with --detect-anomaly"),
+        (["--explain", "--chunk-size", "2"], "--explain cannot be combined with --chunk-size"),
+    ],
+)
+def test_command_rejects_compile_with_eager_options(capsys, options, message):
+    status, _, err = _run_command(capsys, "x*x", "x=1,2,3", *options)
+    assert status == 2
+    assert message in err
+
+
 def test_sigmoid_gradient_becomes_one_step():
     plan = passes.optimize(_traced(gf.sigmoid, [np.linspace(-3.0, 3.0, 5)], (0,)))
     names = [step.name for step in plan.steps]
@@ -362,9 +388,20 @@ def test_container_with_array_argument_raises():
         compiled(np.ones(3), (np.zeros(3),))
 
 
-def test_keyword_arguments_raise():
-    with pytest.raises(TypeError, match=r"keyword arguments \(s\) are not supported"):
-        gf.compile(lambda t, s: t * s, 0)(np.ones(2), s=3.0)
+def test_keyword_arguments_are_static():
+    compiled = gf.compile(lambda t, scale=1.0: gf.sum(t * scale), 0)
+    first = compiled(np.ones(2), scale=3.0)
+    second = compiled(np.ones(2), scale=5.0)
+    third = compiled(np.ones(2), scale=3.0)
+    assert compiled.traces == 2
+    np.testing.assert_allclose(first[1], [3.0, 3.0])
+    np.testing.assert_allclose(second[1], [5.0, 5.0])
+    np.testing.assert_allclose(third[0], 6.0)
+
+
+def test_array_keyword_argument_raises():
+    with pytest.raises(TypeError, match="keyword argument s of type ndarray cannot be part"):
+        gf.compile(lambda t, s: t * s, 0)(np.ones(2), s=np.ones(2))
 
 
 # Blocked execution: small blocks, so that regions span many blocks and end in a partial one.
@@ -390,18 +427,12 @@ def test_blocked_regions_match_eager(count, data, shape, seed):
     tree = data.draw(_expressions(count))
     rng = np.random.default_rng(seed)
     inputs = [rng.uniform(-2.0, 2.0, shape) for _ in range(count)]
-    argnums = tuple(range(count))
     function = _function_of(tree, count)
-    summed = lambda *args: gf.sum(function(*args))  # noqa: E731
     previous, numpy_exec.BLOCK = numpy_exec.BLOCK, 5
     try:
-        value, grads = gf.compile(summed, argnums)(*inputs)
+        _check_compiled(lambda *args: gf.sum(function(*args)), inputs, rtol=1e-10)
     finally:
         numpy_exec.BLOCK = previous
-    expected_value, expected_grads = gf.value_and_grad(summed, argnums)(*inputs)
-    np.testing.assert_allclose(value, expected_value, rtol=1e-10, atol=1e-12)
-    for got, expected in zip(grads, expected_grads):
-        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
 
 
 def _fused_regions(compiled):
@@ -584,9 +615,11 @@ def test_printed_tracer_shows_placeholder(capsys):
 def test_compiled_graph_draws_without_values():
     compiled = gf.compile(lambda x, a: gf.sum(a * x**2), (0, 1))
     compiled(np.ones(4), 2.0)
-    assert "power" in compiled.graph.to_dot()
-    with pytest.raises(ValueError, match="traced by gpuflow.compile on placeholders"):
-        compiled.graph.to_dot(values=True)
+    drawn = compiled.graph.to_dot()
+    assert "power" in drawn
+    assert drawn == compiled.graph.to_dot(values=False)
+    eager = gf.trace(lambda x, a: gf.sum(a * x**2), np.ones(4), 2.0).to_dot()
+    assert eager != gf.trace(lambda x, a: gf.sum(a * x**2), np.ones(4), 2.0).to_dot(values=False)
 
 
 def test_anomaly_mode_traces_real_values():
@@ -654,3 +687,122 @@ def test_every_structural_operation_compiles(name):
     x = np.random.default_rng(9).uniform(-2.0, 2.0, (3, 4))
     rtol = 1e-6 if name == "astype" else 1e-12
     _check_compiled(STRUCTURAL[name], [x], rtol=rtol)
+
+
+# Cases where a compiled plan once differed from eager evaluation.
+
+
+def _broadcast_of_reused_buffer(x):
+    t = gf.cos(gf.sum(x))
+    m = gf.flip(x)
+    b = gf.flip(gf.broadcast_to(t, (4,)))
+    return gf.sum(b * m)
+
+
+@pytest.mark.parametrize(
+    "function, args",
+    [
+        # A sum of one element, in a region that then grows to the batch's shape.
+        (lambda x, b: gf.sum(gf.exp(b)) + gf.sum(x * x), (np.array([1.0, -2.0, 3.0, 0.5]),
+                                                          np.array([0.5]))),
+        (lambda x: gf.sum(gf.sin(gf.max(x, axis=0, keepdims=True))),
+         (np.array([1.0, -2.0, 3.0, 0.5]),)),
+        # softplus has no out= kernel, so inside a block it sees one broadcast value.
+        (lambda x, a: gf.sum(gf.softplus(a * gf.ones_like(x))), (np.zeros(100_000), 0.3)),
+        # A broadcast of a value that lives in a reused buffer.
+        (_broadcast_of_reused_buffer, (np.array([1.0, -2.0, 3.0, 0.5]),)),
+        # x + 0.0 is not x at -0.0.
+        (lambda y: gf.norm(y + gf.zeros_like(y)), (np.array([-0.0, 3.0]),)),
+        (lambda y: gf.sum(gf.sqrt(gf.square(y) + 0.0) * 0.0 + (y + 0.0)), (np.array([-0.0, 2.0]),)),
+        # detach replays on new values instead of freezing the traced one.
+        (lambda x: gf.sum(x / gf.max(x).detach()), (np.array([1.0, -2.0, 3.0]),)),
+    ],
+)
+def test_compiled_matches_eager_in_edge_cases(small_blocks, function, args):
+    argnums = tuple(range(len(args)))
+    compiled = gf.compile(function, argnums)
+    for scale in (1.0, 2.0):
+        scaled = [np.asarray(arg) * scale for arg in args]
+        value, grads = compiled(*scaled)
+        expected_value, expected_grads = gf.value_and_grad(function, argnums)(*scaled)
+        np.testing.assert_allclose(value, expected_value, rtol=1e-12)
+        assert np.signbit(value) == np.signbit(expected_value)
+        for got, expected in zip(grads, expected_grads):
+            np.testing.assert_allclose(got, expected, rtol=1e-12)
+            np.testing.assert_array_equal(np.signbit(got), np.signbit(expected))
+
+
+@pytest.mark.parametrize(
+    "function, what",
+    [
+        (lambda t: gf.sum(t) * float(gf.sum(t).detach()), r"float\(\)"),
+        (lambda t: gf.sum(t) * 10.0 if gf.sum(t) > 1.6 else gf.sum(t), r"bool\(\)"),
+        (lambda t: gf.sum(t) * np.exp(gf.sum(t).data), "numpy.exp"),
+        (lambda t: gf.sum(t) * (t.data == t.data), "the operator =="),
+    ],
+)
+def test_reductions_of_traced_values_are_placeholders(function, what):
+    with pytest.raises(TypeError, match=f"compile: {what}"):
+        gf.compile(function)(np.array([1.0, -2.0, 3.0]))
+
+
+@pytest.mark.parametrize(
+    "function, args",
+    [
+        (lambda x, i: gf.sum(x[i]), (np.array([1.0, 2.0]), np.array([0, 1, 1]))),
+        (lambda x: gf.sum(x[x > 0.0]), (np.array([1.0, -2.0]),)),
+    ],
+)
+def test_tensor_indices_raise(function, args):
+    with pytest.raises(TypeError, match="indexing with a Tensor .* is not supported"):
+        gf.compile(function)(*args)
+
+
+def test_shape_of_traced_data_is_readable():
+    value, gradient = gf.compile(lambda t: gf.sum(t) * np.shape(t.data)[0])(np.ones(3))
+    np.testing.assert_allclose(value, 9.0)
+    np.testing.assert_allclose(gradient, [3.0, 3.0, 3.0])
+
+
+def test_user_operation_returning_a_number_raises():
+    bad = gf.define_op("bad", lambda xp, x: 1.0, lambda g, out, x: (g,), elementwise=True)
+    with pytest.raises(TypeError, match="forward function of operation 'bad' returned float"):
+        gf.compile(lambda t: gf.sum(bad(t)))(np.ones(3))
+
+
+def test_user_operation_that_is_not_elementwise_raises():
+    bad = gf.define_op("bad", lambda xp, x: xp.stack([x, x]), lambda g, out, x: (g[0],),
+                       elementwise=True)
+    with pytest.raises(ValueError, match="bad: the operation is defined as elementwise"):
+        gf.compile(lambda t: gf.sum(bad(t)))(np.ones(3))
+
+
+def test_threads_get_their_own_buffers():
+    from concurrent.futures import ThreadPoolExecutor
+
+    compiled = gf.compile(lambda x: gf.sum(gf.exp(x) * x))
+    rng = np.random.default_rng(11)
+    batches = [rng.standard_normal(200_000) for _ in range(8)]
+    compiled(batches[0])
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(compiled, batches * 3))
+    for batch, (value, gradient) in zip(batches * 3, results):
+        np.testing.assert_allclose(value, np.sum(np.exp(batch) * batch), rtol=1e-12)
+        np.testing.assert_allclose(gradient, np.exp(batch) * (batch + 1.0), rtol=1e-12, atol=1e-12)
+
+
+def test_traced_matmul_uses_contiguous_operands():
+    w = np.random.default_rng(12).standard_normal((3, 2))
+    x = np.random.default_rng(13).standard_normal((5000, 3))
+    _check_compiled(lambda t: gf.sum(gf.matmul(t, w)), [x])
+
+
+@pytest.mark.parametrize(
+    "left, right",
+    [((4,), (4,)), ((4,), (4, 3)), ((2, 4), (4,)), ((2, 3, 4), (4, 5)), ((1, 2, 4), (3, 4, 2))],
+    ids=str,
+)
+def test_traced_matmul_shapes_match_eager(left, right):
+    rng = np.random.default_rng(14)
+    a, b = rng.standard_normal(left), rng.standard_normal(right)
+    _check_compiled(lambda s, t: gf.sum(gf.matmul(s, t) ** 2), [a, b])

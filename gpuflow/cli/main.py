@@ -210,6 +210,22 @@ def _check_differentiable(inputs, wrt: list[str]) -> None:
             )
 
 
+def check_compile_options(args) -> None:
+    """Raise CommandError when --compile or --explain meets an option that evaluates eagerly."""
+    requested = [name for name, given in (("--compile", args.compile),
+                                          ("--explain", args.explain)) if given]
+    if not requested:
+        return
+    eager = [name for name, given in (("--no-compile", args.no_compile),
+                                      ("--detect-anomaly", args.detect_anomaly),
+                                      ("--chunk-size", args.chunk_size is not None)) if given]
+    if eager:
+        raise CommandError(
+            f"{requested[0]} cannot be combined with {eager[0]}, which evaluates eagerly, "
+            f"operation by operation; drop one of the two"
+        )
+
+
 def _one_line(error: Exception) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     if ";" not in text:
@@ -260,6 +276,7 @@ def run_grad(args) -> int:
     if args.output is not None:
         check_output_path(args.output, args.inputs)
     scaling.check_arguments(args)
+    check_compile_options(args)
     scaling.check_expression(args.expression, args)
     inputs = collect_inputs(
         args.assignments, args.inputs, args.random, args.seed, scaling.mmap_mode(args)

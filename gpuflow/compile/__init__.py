@@ -124,18 +124,18 @@ class CompiledFunction:
             converted.append(value)
         return converted
 
-    def entry(self, *args):
+    def entry(self, *args, **kwargs):
         """Return the cached (plan, program) for these arguments, tracing on a new signature."""
         numbers = _normalize_argnums(self.argnums, len(args))
         backend = _choose_backend(self.backend_spec, [args[i] for i in numbers])
         arrays = self._arguments(args, numbers, backend)
-        key = self._signature(arrays, numbers, backend)
+        key = self._signature(arrays, numbers, backend) + _keyword_signature(kwargs)
         found = self.cache.get(key)
         if found is None:
             from gpuflow.compile.plan import trace_plan
 
             names = _argument_names(self.function, len(args))
-            plan, graph = trace_plan(self.function, arrays, numbers, names, backend)
+            plan, graph = trace_plan(self.function, arrays, numbers, names, backend, kwargs)
             plan = optimize(plan)
             found = self.cache[key] = (plan, graph, _program_for(plan))
             self.traces += 1
@@ -143,15 +143,25 @@ class CompiledFunction:
         return found, arrays
 
     def __call__(self, *args, **kwargs):
-        if kwargs:
-            raise TypeError(
-                f"compile: keyword arguments ({', '.join(sorted(kwargs))}) are not supported; "
-                "pass them positionally, or bind them with functools.partial before compiling"
-            )
-        (plan, _, program), arrays = self.entry(*args)
+        (plan, _, program), arrays = self.entry(*args, **kwargs)
         inputs = [arrays[position] for position in _input_positions(arrays, plan)]
         value, *grads = program(inputs)
         return value, (grads[0] if self.single else tuple(grads))
+
+
+def _keyword_signature(kwargs) -> tuple:
+    """Return the signature part of keyword arguments, which must be static values."""
+    parts = []
+    for name in sorted(kwargs):
+        value = kwargs[name]
+        if not _is_static(value):
+            raise TypeError(
+                f"compile: keyword argument {name} of type {type(value).__name__} cannot be "
+                "part of a compiled signature; keyword arguments must be numbers, strings or "
+                "tuples of them, so pass arrays positionally"
+            )
+        parts.append(("keyword", name, type(value).__name__, repr(value)))
+    return tuple(parts)
 
 
 def _is_static(value) -> bool:

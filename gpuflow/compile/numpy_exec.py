@@ -8,14 +8,16 @@ whole arrays: the mapped ufuncs write with ``out=`` into buffers of a pool, and
 other operations run their own forward function.
 
 A liveness analysis at build time gives each value a buffer that no live
-value uses, so a buffer is reused as soon as its value is dead, and a step may
-write over an input that dies at that step. Because a fallback step's result
+value uses. A buffer is therefore reused as soon as its value is dead, and a
+step may write over an input that dies at that step. Because a fallback step's result
 may be a view of an input (a reshape or a broadcast), the inputs of such a
 step stay alive as long as its result does. Returned values get fresh arrays
 on every call.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy
 
@@ -217,7 +219,7 @@ class _StepUnit:
         aliasing = self.kernel is None and _may_alias(self.step)
         return tuple(self.step.inputs), (self.step.output,), aliasing
 
-    def run(self, values, buffers, backend):
+    def run(self, values, buffers, blocks, backend):
         step = self.step
         inputs = [values[slot] for slot in step.inputs]
         if self.kernel is None:
@@ -235,10 +237,10 @@ class _BlockedRegion:
     """A fused region run block by block, so its intermediates stay in the cache.
 
     Every value of the region has the region's shape or one element. The
-    region's elements are taken in C order, ``block`` at a time: each step runs
-    on the current block of its inputs, intermediates live in block-sized
-    buffers, region outputs are written block by block into whole arrays, and
-    each full sum or mean adds up one partial result per block in float64.
+    region's elements are taken in C order, ``block`` at a time, and each step
+    runs on the current block of its inputs. Intermediates live in block-sized
+    buffers, and region outputs are written block by block into whole arrays.
+    Each full sum or mean adds up one partial result per block in float64.
     Steps of one element are computed once, before the first block, and a
     broadcast of a one-element value is that value itself inside a block.
     """
@@ -253,23 +255,23 @@ class _BlockedRegion:
         self.small = []  # steps of one element, run once
         self.broadcasts = {}  # slot -> the one-element slot it broadcasts
         self.reductions = []  # (step, source slot)
-        self.body = []  # (step, kernel, scratch block numbers, output block number)
+        # (step, kernel, scratch block numbers, output block number, reductions of its value)
+        self.body = []
         self.whole = {}  # region output slot -> pool number, None for a fresh array
         self.returned = returned
         produced = set()
         for step in region.steps:
             if step.output in region.reductions:
                 self.reductions.append((step, step.inputs[0]))
-            elif step.name == "broadcast_to" and _size(info[step.inputs[0]][0]) == 1:
-                self.broadcasts[step.output] = step.inputs[0]
             elif _size(step.shape) == 1:
                 self.small.append(step)
+            elif step.name == "broadcast_to" and _size(info[step.inputs[0]][0]) == 1:
+                self.broadcasts[step.output] = step.inputs[0]
             else:
                 self.body.append(step)
                 produced.add(step.output)
         self.materialized = [slot for slot in self.outputs if slot in produced]
         self.dtypes = {step.output: step.dtype for step in self.body}
-        self.blocks = None  # block buffers, bound by NumpyProgram on its first call
         self._assign_block_buffers(info)
 
     @staticmethod
@@ -288,8 +290,7 @@ class _BlockedRegion:
         for step in body:
             kernel = _kernel_for(step)
             units.append((tuple(step.inputs), (step.output,), kernel is None and _may_alias(step)))
-        reads_after = {source for _, source in self.reductions}
-        last = _last_uses(units, set(self.materialized) | reads_after, len(body))
+        last = _last_uses(units, set(self.materialized), len(body))
         owner = {}
         planned = []
         for index, step in enumerate(body):
@@ -310,14 +311,20 @@ class _BlockedRegion:
             for slot in dying:
                 if slot in owner:
                     pool.give(owner.pop(slot))
-            planned.append((step, kernel, scratch, number))
+            # Sums of this step's value are taken right after it, while it is in a buffer.
+            summed = tuple(position for position, (_, source) in enumerate(self.reductions)
+                           if source == step.output)
+            planned.append((step, kernel, scratch, number, summed))
         self.body = planned
+        produced = {step.output for step in body}
+        self.summed_first = tuple(position for position, (_, source)
+                                  in enumerate(self.reductions) if source not in produced)
         self.block_specs = pool.specs
 
     def liveness(self):
         return tuple(self.inputs), tuple(self.outputs), False
 
-    def run(self, values, buffers, backend):
+    def run(self, values, buffers, blocks, backend):
         for step in self.small:
             values[step.output] = step.op.forward(
                 backend, *[values[slot] for slot in step.inputs], **step.params
@@ -341,21 +348,20 @@ class _BlockedRegion:
                 array = buffers[number]
             values[slot] = array
             flat[slot] = array.reshape(-1)
-        totals = self._run_blocks(flat, scalars, backend)
-        for (step, source), total in zip(self.reductions, totals):
-            if source in scalars:
-                total = float(scalars[source]) * self.count
+        totals = self._run_blocks(flat, scalars, blocks, backend)
+        for (step, _), total in zip(self.reductions, totals):
             if step.name == "mean":
                 total /= self.count
             values[step.output] = numpy.asarray(total, dtype=step.dtype).reshape(step.shape)
         for slot, source in self.broadcasts.items():
-            values[slot] = numpy.broadcast_to(values[source], self.shape)
+            # A copy, because the source may be a pooled buffer that a later step reuses.
+            values[slot] = numpy.broadcast_to(numpy.array(values[source]), self.shape)
 
-    def _run_blocks(self, flat, scalars, backend) -> list:
+    def _run_blocks(self, flat, scalars, blocks, backend) -> list:
         """Run the body on every block; return each reduction's float64 total."""
-        blocks = self.blocks
         sources = [source for _, source in self.reductions]
         totals = [0.0] * len(sources)
+        summed_first = self.summed_first
         flat_items = list(flat.items())
         add = numpy.add.reduce
         for start in range(0, self.count, self.block):
@@ -364,7 +370,9 @@ class _BlockedRegion:
             current = scalars.copy()
             for slot, array in flat_items:
                 current[slot] = array[start:stop]
-            for step, kernel, scratch, number in self.body:
+            for index in summed_first:
+                totals[index] += _block_sum(current[sources[index]], length)
+            for step, kernel, scratch, number, summed in self.body:
                 inputs = [current[slot] for slot in step.inputs]
                 if number is not None:
                     out = blocks[number][:length]
@@ -372,19 +380,21 @@ class _BlockedRegion:
                     out = current.get(step.output)
                 if kernel is None:
                     result = step.op.forward(backend, *inputs, **step.params)
-                    if out is None:
-                        current[step.output] = result
-                    else:
+                    if out is not None:
                         numpy.copyto(out, result, casting="unsafe")
-                    continue
-                if scratch:
+                    elif result.shape != (length,):
+                        # Inputs of one value each give one value, broadcast to the block.
+                        current[step.output] = numpy.broadcast_to(result, (length,))
+                    else:
+                        current[step.output] = result
+                elif scratch:
                     kernel[0](out, tuple(blocks[number][:length] for number in scratch), *inputs)
+                    current[step.output] = out
                 else:
                     kernel[0](out, (), *inputs)
-                current[step.output] = out
-            for index, source in enumerate(sources):
-                if source not in scalars:
-                    totals[index] += float(add(current[source], axis=None))
+                    current[step.output] = out
+                for index in summed:
+                    totals[index] += float(add(current[step.output], axis=None))
         return totals
 
 
@@ -414,7 +424,7 @@ class NumpyProgram:
             else:
                 self.units.extend(_StepUnit(step) for step in region.steps)
         self._assign_buffers(returned)
-        self.buffers = None
+        self._local = threading.local()
 
     def _assign_buffers(self, returned) -> None:
         units = [unit.liveness() for unit in self.units]
@@ -440,6 +450,8 @@ class NumpyProgram:
                         unit.buffer = owner[step.output] = pool.take(step.shape, step.dtype)
                     for number in unit.scratch:
                         pool.give(number)
+                elif step.output in returned and step.name in _FRESH_RESULTS:
+                    self.fresh.add(step.output)  # its forward made a new array this call
             else:
                 # Blocks interleave reads and writes, so outputs never take a dying input's buffer.
                 for slot in unit.materialized:
@@ -463,35 +475,49 @@ class NumpyProgram:
         )
 
     def pool_bytes(self) -> int:
-        """Return the bytes of the whole-array and block buffers kept between calls."""
-        blocks = sum(_size(shape) * dtype.itemsize for shape, dtype in self.block_specs)
+        """Return the bytes of the whole-array and block buffers that one thread keeps."""
+        blocks = sum(count * _size(shape) * dtype.itemsize
+                     for (shape, dtype), count in self.block_specs.items())
         return self.pool.nbytes() + blocks
 
     def __call__(self, arrays):
         plan = self.plan
-        if self.buffers is None:
-            self.buffers = [numpy.empty(shape, dtype) for shape, dtype in self.pool.specs]
-            self._bind_blocks()
+        # Each thread has its own buffers, so that calls from several threads cannot
+        # write into each other's intermediates.
+        local = self._local
+        if not hasattr(local, "buffers"):
+            local.buffers = [numpy.empty(shape, dtype) for shape, dtype in self.pool.specs]
+            local.blocks = self._block_buffers()
         values = dict(plan.constants)
         for plan_input, array in zip(plan.inputs, arrays):
             values[plan_input.slot] = array
         backend = plan.backend
         with numpy.errstate(all="ignore"):
-            for unit in self.units:
-                unit.run(values, self.buffers, backend)
+            for unit, blocks in zip(self.units, local.blocks):
+                unit.run(values, local.buffers, blocks, backend)
         return _returned_arrays(plan, values, self.fresh)
 
-    def _bind_blocks(self) -> None:
+    def _block_buffers(self) -> list:
+        """Return, for each unit, the block buffers its block numbers refer to."""
         arrays = {}
         for (shape, dtype), count in self.block_specs.items():
             arrays[shape, dtype] = [numpy.empty(shape, dtype) for _ in range(count)]
+        bound = []
         for unit in self.units:
-            if isinstance(unit, _BlockedRegion):
-                used, unit.blocks = {}, []
-                for spec in unit.block_specs:
-                    position = used.get(spec, 0)
-                    used[spec] = position + 1
-                    unit.blocks.append(arrays[spec][position])
+            used, blocks = {}, []
+            for spec in getattr(unit, "block_specs", ()):
+                position = used.get(spec, 0)
+                used[spec] = position + 1
+                blocks.append(arrays[spec][position])
+            bound.append(blocks)
+        return bound
+
+
+def _block_sum(value, length: int) -> float:
+    """Return the sum of one block of a value, which may be a single value broadcast."""
+    if value.shape != (length,):
+        value = numpy.broadcast_to(value, (length,))
+    return float(numpy.add.reduce(value, axis=None))
 
 
 def _shared_specs(spec_lists) -> dict:

@@ -105,11 +105,16 @@ def _resolve(renames, slot):
     return slot
 
 
-def _is_filled_with(backend, array, value) -> bool:
+def _is_filled_with(backend, array, value: float) -> bool:
+    """Return whether every element of ``array`` equals ``value``, with the sign of a zero."""
     host = backend.to_numpy(array)
     if host.size and not any(host.strides):
         host = host.reshape(-1)[:1]  # a broadcast of one element
-    return bool(host.size) and bool(numpy.all(host == value))
+    if not host.size or not bool(numpy.all(host == value)):
+        return False
+    if value == 0 and host.dtype.kind == "f":
+        return bool(numpy.all(numpy.signbit(host) == numpy.signbit(value)))
+    return True
 
 
 def _uniform_value(backend, array):
@@ -132,14 +137,15 @@ def _simplify(step: Step, constants: dict, info: dict, backend):
     if name in ("zeros_like", "ones_like"):
         return None
     inputs = step.inputs
-    if name in ("broadcast_to", "identity") or (name == "astype" and len(inputs) == 1):
+    if name in ("broadcast_to", "identity", "detach") or (name == "astype" and len(inputs) == 1):
         if info[inputs[0]] == (step.shape, step.dtype):
             return inputs[0]
         return None
     if name == "sum" and not step.params.get("axis", True) and info[inputs[0]][0] == step.shape:
         return inputs[0]
-    neutral = {"multiply": (1, (0, 1)), "divide": (1, (1,)), "add": (0, (0, 1)),
-               "subtract": (0, (1,))}.get(name)
+    # x + (-0.0) and x - 0.0 are x for every x, but x + 0.0 turns -0.0 into 0.0.
+    neutral = {"multiply": (1.0, (0, 1)), "divide": (1.0, (1,)), "add": (-0.0, (0, 1)),
+               "subtract": (0.0, (1,))}.get(name)
     if neutral is None:
         return None
     value, positions = neutral
@@ -162,9 +168,10 @@ def _simplify(step: Step, constants: dict, info: dict, backend):
 def fold_constants(plan: Plan) -> Plan:
     """Evaluate steps whose inputs are all constants, and drop multiplications by ones.
 
-    ``x * 1``, ``x / 1``, ``x + 0`` and ``x - 0`` with a constant of ones or
-    zeros become ``x`` (or a broadcast of ``x``), which removes the seed's
-    work from the backward pass. ``zeros_like`` and ``ones_like`` become
+    ``x * 1``, ``x / 1``, ``x + (-0.0)`` and ``x - 0.0`` with a constant of
+    ones or zeros become ``x`` (or a broadcast of ``x``), which removes the
+    seed's work from the backward pass. ``x + 0.0`` stays, because it turns
+    -0.0 into 0.0 (integer zeros fold either way). ``zeros_like`` and ``ones_like`` become
     constants because their values depend only on the shape.
     """
     backend = plan.backend
@@ -401,9 +408,12 @@ def _joins(region: Region, step: Step, info: dict) -> bool:
     if step.name in ("sum", "mean"):
         source = step.inputs[0]
         shape, dtype = info[source]
+        # A region of one element may still grow, and a sum over its one element
+        # would then be taken once per element of the larger shape.
         return (
             source not in region.reductions
             and shape == region.shape
+            and _size(shape) > 1
             and _size(step.shape) == 1
             and dtype == step.dtype
             and numpy.dtype(_dtype_text(dtype)).kind == "f"

@@ -11,7 +11,7 @@ trace of a single element. Other operations run on the zero-stride arrays.
 
 Every traced result that depends on an argument is a ``Placeholder`` too.
 Its values are not the function's values, so NumPy functions, conversions,
-operators and indexing on it raise a TypeError that says so: code that
+operators and indexing on it raise a TypeError that explains this. Code that
 reads an argument's data outside gpuflow operations would otherwise leave
 placeholder values in the plan.
 """
@@ -71,6 +71,8 @@ class Placeholder:
         _reject(f"numpy.{ufunc.__name__}")
 
     def __array_function__(self, func, types, args, kwargs):
+        if func in (numpy.shape, numpy.ndim, numpy.size):
+            return func(self.array, *args[1:], **kwargs)
         _reject(f"numpy.{func.__name__}")
 
     def __array__(self, dtype=None, copy=None):
@@ -103,6 +105,14 @@ class Placeholder:
     def __iter__(self):
         _reject("iterating over the array")
 
+    def __eq__(self, other):
+        _reject("the operator ==")
+
+    def __ne__(self, other):
+        _reject("the operator !=")
+
+    __hash__ = object.__hash__
+
     def __getattr__(self, name):
         if name in _ARRAY_METHODS:
             _reject(f"the array method {name}()")
@@ -116,9 +126,9 @@ class Placeholder:
 
 # Methods of NumPy arrays that read the values; other names raise AttributeError.
 _ARRAY_METHODS = frozenset(
-    "all any argmax argmin argsort astype clip copy cumprod cumsum dot flatten item max mean "
-    "min nonzero prod ravel repeat reshape round sort std sum T take tobytes tofile tolist "
-    "trace transpose var view".split()
+    "all any argmax argmin argsort astype clip copy cumprod cumsum dot flat flatten imag item "
+    "max mean min nonzero prod ravel real repeat reshape round sort std sum T take tobytes "
+    "tofile tolist trace transpose var view".split()
 )
 
 
@@ -157,16 +167,44 @@ def _single_value(array) -> bool:
     return array.size == 1 or not any(array.strides)
 
 
+def _matmul_placeholder(a, b):
+    """Return a zero-stride array with the shape and dtype of ``a @ b``, which apply checked."""
+    left = a.shape if a.ndim > 1 else (1,) + a.shape
+    right = b.shape if b.ndim > 1 else b.shape + (1,)
+    shape = numpy.broadcast_shapes(left[:-2], right[:-2]) + (left[-2], right[-1])
+    if a.ndim == 1:
+        shape = shape[:-2] + shape[-1:]
+    if b.ndim == 1:
+        shape = shape[:-1]
+    element = numpy.zeros((), dtype=numpy.result_type(a.dtype, b.dtype))
+    return numpy.broadcast_to(element, shape)
+
+
 def forward(op, backend, arrays, params):
     """Run ``op`` during a placeholder trace; return a Placeholder of the result's shape."""
+    traced = any(type(array) is Placeholder for array in arrays)
     plain = [array.array if type(array) is Placeholder else array for array in arrays]
     if op.elementwise and all(_single_value(array) for array in plain):
         shape = numpy.broadcast_shapes(*[array.shape for array in plain])
         elements = [array[(0,) * array.ndim + (Ellipsis,)] for array in plain]
-        result = numpy.asarray(op.forward(backend, *elements, **params))
-        out = numpy.broadcast_to(result, shape)
+        out = op.forward(backend, *elements, **params)
+        if not isinstance(out, (numpy.ndarray, numpy.generic)):
+            return out  # apply reports a forward that returns no array
+        try:
+            out = numpy.broadcast_to(out, shape)
+        except ValueError:
+            raise ValueError(
+                f"{op.name}: the operation is defined as elementwise, but for inputs of one "
+                f"element its forward returned shape {numpy.shape(out)}, not one element; "
+                "define it without elementwise=True"
+            ) from None
+    elif op.name == "matmul" and traced:
+        # Without real strides NumPy multiplies in a slow loop, and only the shape matters.
+        out = _matmul_placeholder(*plain)
     else:
         out = op.forward(backend, *plain, **params)
-    if isinstance(out, numpy.ndarray) and any(type(array) is Placeholder for array in arrays):
+    if traced and isinstance(out, numpy.generic):
+        out = numpy.asarray(out)  # full reductions return NumPy scalars
+    if traced and isinstance(out, numpy.ndarray):
         out = Placeholder(out)
     return out

@@ -42,6 +42,10 @@ def ones_like(x):
 _zeros_like = builtin_op("zeros_like", lambda xp, x: xp.zeros_like(x))
 _ones_like = builtin_op("ones_like", lambda xp, x: xp.ones_like(x))
 
+# Tensor.detach while gpuflow.compile traces: the value passes through and no gradient
+# does, and the plan replays it on new inputs instead of keeping a traced constant.
+detach_op = _elementwise("detach", lambda xp, x: x)
+
 
 # Arithmetic.
 

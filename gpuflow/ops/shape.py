@@ -292,6 +292,13 @@ def _normalize_key(x, key):
     parts = key if isinstance(key, tuple) else (key,)
     normalized = []
     for part in parts:
+        if isinstance(part, Tensor) and state.capture:
+            raise TypeError(
+                "compile: indexing with a Tensor (an argument of the compiled function, a "
+                "value computed from one, or a boolean mask) is not supported, because the "
+                "index would become a constant of the plan; index with a NumPy array or a "
+                "list made outside the function, or use gpuflow.value_and_grad"
+            )
         if isinstance(part, Tensor):
             part = part.data
         elif isinstance(part, list):
