@@ -1,4 +1,4 @@
-"""GPU benchmarks: the fused CUDA kernels beside unfused CuPy expressions, in one run.
+"""GPU benchmarks: fused CUDA kernels and compiled plans beside unfused CuPy, in one run.
 
 Run on a machine with an NVIDIA GPU (ci/gpu-check does this and writes a report):
     python -m pytest -m gpu benchmarks/test_gpu_bench.py --benchmark-json=gpu.json
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 
+import gpuflow as gf
 from gpuflow.backends import cuda_kernels
 
 pytestmark = pytest.mark.gpu
@@ -189,3 +190,75 @@ def test_step(benchmark, cupy, copy_bandwidth, step, implementation):
     function = step.fused if implementation == "fused" else step.unfused
     benchmark.extra_info.update({"step": step.name, "implementation": implementation})
     measure(benchmark, cupy, function, operands, step.moved_bytes, copy_bandwidth)
+
+
+# gpuflow.compile on CuPy: the workloads of benchmarks/test_compile_bench.py, compiled (one
+# generated kernel per fused region) against eager gpuflow on CuPy. The bytes that must
+# move are each input read once and each gradient written once, and the value is one number.
+
+
+def sigmoid_sum(x):
+    return gf.sum(gf.sigmoid(x))
+
+
+def quadratic(x, a, b, c):
+    return gf.sum(a * x**2 + b * x + c)
+
+
+def root(a, b, c):
+    return gf.sum((-b + gf.sqrt(b**2 - 4 * a * c)) / (2 * a))
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A compiled workload: its function, inputs and, for the root, the inputs' ranges."""
+
+    name: str
+    function: Callable
+    argnums: object
+    input_count: int
+    # ELEMENTS-sized arrays alive at once besides the inputs in the eager version, which
+    # keeps more than the compiled one: an upper estimate, used to skip on small devices.
+    extra_arrays: int
+    ranges: tuple = ()
+
+    @property
+    def moved_bytes(self) -> int:
+        return 2 * self.input_count * ARRAY_BYTES
+
+
+WORKLOADS = [
+    Workload("compiled_sigmoid", sigmoid_sum, 0, 1, 6),
+    Workload("compiled_quadratic", quadratic, (0, 1, 2, 3), 4, 10),
+    # b**2 - 4ac >= 17 on these ranges, so the square root stays real.
+    Workload("compiled_root", root, (0, 1, 2), 3, 16, ((1.0, 2.0), (5.0, 6.0), (0.5, 1.0))),
+]
+
+
+def workload_operands(cupy, workload: Workload) -> list:
+    if not workload.ranges:
+        return random_operands(cupy, workload.input_count)
+    generator = cupy.random.default_rng(1)
+    return [
+        generator.random(ELEMENTS, dtype=cupy.float32) * (high - low) + low
+        for low, high in workload.ranges
+    ]
+
+
+@pytest.mark.parametrize("implementation", ["compiled", "eager"])
+@pytest.mark.parametrize(
+    "workload",
+    [
+        pytest.param(workload, id=workload.name, marks=pytest.mark.benchmark(group=workload.name))
+        for workload in WORKLOADS
+    ],
+)
+def test_compiled_workload(benchmark, cupy, copy_bandwidth, workload, implementation):
+    require_free_memory(cupy, workload.input_count + workload.extra_arrays)
+    operands = workload_operands(cupy, workload)
+    if implementation == "compiled":
+        function = gf.compile(workload.function, workload.argnums)
+    else:
+        function = gf.value_and_grad(workload.function, workload.argnums)
+    benchmark.extra_info.update({"step": workload.name, "implementation": implementation})
+    measure(benchmark, cupy, function, operands, workload.moved_bytes, copy_bandwidth)

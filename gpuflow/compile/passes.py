@@ -105,11 +105,16 @@ def _resolve(renames, slot):
     return slot
 
 
+def _host_copy(backend, array):
+    """Return a NumPy copy of a constant, only its first element if it is a broadcast of one."""
+    if _size(array.shape) > 1 and not any(getattr(array, "strides", (1,))):
+        array = array[(0,) * len(array.shape)]
+    return backend.to_numpy(array)
+
+
 def _is_filled_with(backend, array, value: float) -> bool:
     """Return whether every element of ``array`` equals ``value``, with the sign of a zero."""
-    host = backend.to_numpy(array)
-    if host.size and not any(host.strides):
-        host = host.reshape(-1)[:1]  # a broadcast of one element
+    host = _host_copy(backend, array)
     if not host.size or not bool(numpy.all(host == value)):
         return False
     if value == 0 and host.dtype.kind == "f":
@@ -119,11 +124,11 @@ def _is_filled_with(backend, array, value: float) -> bool:
 
 def _uniform_value(backend, array):
     """Return a 0-d constant bitwise equal to every element of ``array``, or None."""
-    host = backend.to_numpy(array)
+    host = _host_copy(backend, array)
     if host.size == 0 or host.dtype.itemsize not in (1, 2, 4, 8):
         return None
     first = host.reshape(-1)[:1].copy().reshape(())
-    if not all(stride == 0 for stride in host.strides):
+    if host.size > 1:
         # Bits, not values, so that -0.0 and 0.0 differ and NaNs match.
         flat = numpy.ascontiguousarray(host).reshape(-1).view(f"u{host.dtype.itemsize}")
         if not bool(numpy.all(flat == flat[0])):
