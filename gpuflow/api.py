@@ -125,6 +125,12 @@ def _target(f, args, position, backend, nested: bool):
         _check_differentiable(f, position, len(args), value.backend, value.dtype)
         if nested and value.requires_grad:
             return _identity(value)
+        if state.capture:
+            # While gpuflow.compile traces, the target stays a step of the plan, which
+            # recomputes it on new inputs; no gradient flows on to the traced value.
+            target = _identity(value)
+            target.requires_grad = True
+            return target
         return Tensor._wrap(value.data, value.backend, requires_grad=True)
     array = _to_backend(value, backend)
     _check_differentiable(f, position, len(args), backend, array.dtype, value)
@@ -163,7 +169,8 @@ def _evaluate_once(f, numbers, args, kwargs, backend_spec):
     # may capture traced values (a tape is active). The backward pass is then
     # recorded, so that the enclosing grad can differentiate it.
     nested = state.recording and (
-        state.tape is not None or _any_traced(args) or _any_traced(kwargs.values())
+        state.tape is not None or state.capture or _any_traced(args)
+        or _any_traced(kwargs.values())
     )
 
     call_args = list(args)

@@ -340,14 +340,46 @@ def test_sigmoid_gradient_becomes_one_step():
     assert names == ["sigmoid", "sigmoid_partial"]
 
 
-def test_compile_inside_grad_raises():
+def test_compile_inside_grad_runs_eagerly():
     compiled = gf.compile(gf.exp)
 
     def outer(x):
-        return compiled(x)[0]
+        value, gradient = compiled(x * 2.0)
+        return value * gradient
 
-    with pytest.raises(TypeError, match="does not nest inside grad"):
-        gf.grad(outer)(1.0)
+    # d/dx exp(2x) * exp(2x) = 4 exp(4x)
+    np.testing.assert_allclose(gf.grad(outer)(0.3), 4.0 * np.exp(1.2), rtol=1e-12)
+    assert compiled.traces == 0
+
+
+def test_compile_inside_compile_runs_eagerly():
+    inner = gf.compile(lambda t, s: gf.sum(gf.sin(t) * s), 0)
+    outer = gf.compile(lambda t, s: inner(t * s, s)[0] + gf.sum(inner(t, s)[1]), (0, 1))
+    function = lambda t, s: gf.sum(gf.sin(t * s) * s) + gf.sum(gf.cos(t) * s)  # noqa: E731
+    _check_compiled_pair(outer, function, [np.linspace(0.0, 1.0, 7), np.array(1.5)], (0, 1))
+
+
+def test_grad_inside_compile_records_its_backward():
+    # The inner gradient is taken with respect to s, which the compiled function does
+    # not differentiate, so it must be replayed by the plan, not kept as a constant.
+    def function(t, s):
+        inner = gf.grad(lambda u: gf.sum(gf.sin(u * t)))(s)
+        return gf.sum(inner * t)
+
+    compiled = gf.compile(function)
+    for s in (0.5, 1.5):
+        args = [np.linspace(0.0, 1.0, 5), np.array(s)]
+        _check_compiled_pair(compiled, function, args, 0)
+
+
+def _check_compiled_pair(compiled, function, args, argnums):
+    value, grads = compiled(*args)
+    expected_value, expected_grads = gf.value_and_grad(function, argnums)(*args)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-12)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    expected_grads = expected_grads if isinstance(expected_grads, tuple) else (expected_grads,)
+    for got, expected in zip(grads, expected_grads):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
 
 
 def test_static_argument_traces_again():
@@ -622,10 +654,13 @@ def test_compiled_graph_draws_without_values():
     assert eager != gf.trace(lambda x, a: gf.sum(a * x**2), np.ones(4), 2.0).to_dot(values=False)
 
 
-def test_anomaly_mode_traces_real_values():
+def test_anomaly_mode_runs_eagerly():
     compiled = gf.compile(lambda t: gf.sum(gf.log(t)))
-    with gf.detect_anomaly(), pytest.raises(FloatingPointError, match="log"):
-        compiled(np.array([1.0, 0.0]))
+    compiled(np.array([1.0, 2.0]))  # traced outside anomaly mode
+    with gf.detect_anomaly(), np.errstate(divide="ignore"):
+        with pytest.raises(FloatingPointError, match="log"):
+            compiled(np.array([1.0, 0.0]))
+    assert compiled.traces == 1
 
 
 # Every operation traced on placeholders: compiled against eager, on random inputs.
@@ -806,3 +841,97 @@ def test_traced_matmul_shapes_match_eager(left, right):
     rng = np.random.default_rng(14)
     a, b = rng.standard_normal(left), rng.standard_normal(right)
     _check_compiled(lambda s, t: gf.sum(gf.matmul(s, t) ** 2), [a, b])
+
+
+def test_numpy_float_argument_is_a_number():
+    x = np.arange(3, dtype=np.float32)
+    function = lambda t, s: gf.sum(t * s)  # noqa: E731
+    value, gradient = gf.compile(function)(x, np.float64(1.1))
+    expected_value, expected_gradient = gf.value_and_grad(function)(x, np.float64(1.1))
+    assert value.dtype == expected_value.dtype == np.float32
+    np.testing.assert_array_equal(gradient, expected_gradient)
+
+
+@pytest.mark.parametrize("reduce", [gf.mean, gf.logsumexp])
+def test_reductions_over_no_axes_return_fresh_arrays(reduce):
+    compiled = gf.compile(lambda t: reduce(gf.sin(t) * 2.0, axis=()))
+    first, _ = compiled(np.zeros(4))
+    second, _ = compiled(np.ones(4))
+    assert not np.shares_memory(first, second)
+    np.testing.assert_allclose(first, reduce(gf.Tensor(np.zeros(4)), axis=()).data)
+
+
+def test_large_index_parameters_stay_apart():
+    first = np.arange(2000)
+    second = first.copy()
+    second[1000] = 0
+    function = lambda t: gf.sum(t[first]) + gf.sum(t[second] * 2.0)  # noqa: E731
+    _check_compiled(function, [np.linspace(0.0, 1.0, 2000)])
+
+
+def test_user_elementwise_operation_may_return_its_input():
+    same = gf.define_op("same", lambda xp, x: x, lambda g, out, x: (g,), elementwise=True)
+
+    def function(t):
+        inner = same(gf.sin(gf.max(t)))
+        return gf.sum(t * inner) + gf.cos(gf.max(t * 2.0)) * inner
+
+    _check_compiled(function, [np.linspace(0.1, 1.0, 8)])
+
+
+def test_sum_over_no_axes_keeps_integer_dtype():
+    function = lambda t, m: gf.sum(t * (gf.sum(m, axis=()) + gf.sum(m, axis=())))  # noqa: E731
+    mask = np.array([True, False, True])
+    value, gradient = gf.compile(function)(np.ones(3), mask)
+    np.testing.assert_allclose(value, 4.0)
+    np.testing.assert_allclose(gradient, [2.0, 0.0, 2.0])
+
+
+@pytest.mark.parametrize("condition", [np.array([1, 0, 1]), np.array([0.5, 0.0, np.nan])])
+def test_where_accepts_conditions_that_are_not_boolean(condition):
+    function = lambda t, m: gf.sum(gf.where(m, t, 0.0))  # noqa: E731
+    value, gradient = gf.compile(function)(np.array([1.0, 2.0, 3.0]), condition)
+    expected = np.where(condition, 1.0, 0.0)
+    np.testing.assert_allclose(value, np.sum(expected * [1.0, 2.0, 3.0]))
+    np.testing.assert_allclose(gradient, expected)
+
+
+def test_integer_argnums_give_one_gradient():
+    value, gradient = gf.compile(lambda t: gf.sum(t * t), np.int64(0))(np.ones(2))
+    assert isinstance(gradient, np.ndarray)
+    np.testing.assert_allclose(gradient, [2.0, 2.0])
+
+
+def test_value_dependent_shape_raises():
+    positive = gf.define_op("positive", lambda xp, x: x[x > 0], lambda g, out, x: (g,))
+    with pytest.raises(ValueError, match="operation positive returned shape"):
+        gf.compile(lambda t: gf.sum(positive(t)))(np.array([1.0, -1.0, 2.0]))
+
+
+def _region_source_of(function, args, argnums=0):
+    compiled = gf.compile(function, argnums)
+    compiled(*args)
+    return generated_cuda_source(compiled.plan)
+
+
+def test_cuda_integer_division_is_true_division():
+    source = _region_source_of(lambda t, i, j: gf.sum(t * (i / j)),
+                               [np.ones(4), np.arange(1, 5), np.arange(2, 6)])
+    assert "((double)in" in source or "((double)v" in source, source
+    options = ["--std=c++14", "--gpu-architecture=sm_90", "-Werror=all-warnings"]
+    result = nvrtc_compile(source, "division.cu", options)
+    assert result.succeeded, result.log
+
+
+def test_cuda_math_of_integers_compiles():
+    source = _region_source_of(lambda t, i: gf.sum(t * gf.exp(i) + gf.sqrt(i) + gf.abs(i)),
+                               [np.ones(4), np.arange(1, 5)])
+    options = ["--std=c++14", "--gpu-architecture=sm_90", "-Werror=all-warnings"]
+    result = nvrtc_compile(source, "integers.cu", options)
+    assert result.succeeded, result.log
+
+
+def test_cuda_float16_region_runs_step_by_step():
+    source = _region_source_of(lambda t: gf.sum(gf.exp(t) * 2.0),
+                               [np.ones(4, dtype=np.float16)])
+    assert "runs step by step" in source

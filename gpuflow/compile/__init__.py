@@ -19,7 +19,8 @@ from gpuflow.compile.cuda_codegen import generated_cuda_source
 from gpuflow.compile.numpy_exec import NumpyProgram, run_generic
 from gpuflow.compile.passes import optimize
 from gpuflow.compile.plan import Plan
-from gpuflow.tensor import _NUMBER_TYPES, Tensor
+from gpuflow.api import value_and_grad
+from gpuflow.tensor import _NUMBER_TYPES, Tensor, state
 
 __all__ = ["CompiledFunction", "compile", "explain", "generated_cuda_source", "Plan"]
 
@@ -81,7 +82,7 @@ class CompiledFunction:
         self.function = f
         self.argnums = argnums
         self.backend_spec = backend
-        self.single = isinstance(argnums, int)
+        self.single = hasattr(argnums, "__index__") and not isinstance(argnums, bool)
         self.cache = {}
         self.traces = 0
         self.graph = None
@@ -107,14 +108,12 @@ class CompiledFunction:
     def _arguments(self, args, numbers, backend) -> list:
         converted = []
         for position, value in enumerate(args):
-            if isinstance(value, Tensor) and value.requires_grad:
-                raise TypeError(
-                    f"argument {position} is a Tensor that requires a gradient, which a "
-                    "compiled function would drop; gpuflow.compile does not nest inside "
-                    "grad, so call the function itself or gpuflow.value_and_grad there"
-                )
             if isinstance(value, Tensor):
                 value = value.data
+            if (position not in numbers and isinstance(value, _NUMBER_TYPES)
+                    and type(value) not in (int, float, complex, bool)):
+                # NumPy's float64 is a float: a number, as value_and_grad treats it.
+                value = value.item()
             if position in numbers or not isinstance(value, _NUMBER_TYPES):
                 if position in numbers or backends.backend_of(value) is not None:
                     value = _to_backend(value, backend)
@@ -143,10 +142,27 @@ class CompiledFunction:
         return found, arrays
 
     def __call__(self, *args, **kwargs):
+        if _runs_eagerly(args, kwargs):
+            return value_and_grad(self.function, self.argnums, backend=self.backend_spec)(
+                *args, **kwargs
+            )
         (plan, _, program), arrays = self.entry(*args, **kwargs)
         inputs = [arrays[position] for position in _input_positions(arrays, plan)]
         value, *grads = program(inputs)
         return value, (grads[0] if self.single else tuple(grads))
+
+
+def _runs_eagerly(args, kwargs) -> bool:
+    """Return whether a call must evaluate eagerly instead of through a plan.
+
+    Inside an enclosing grad or compile, the enclosing transformation must
+    see every operation, and in anomaly mode every operation is checked as it
+    runs, neither of which a plan does.
+    """
+    if state.anomaly or state.capture or state.tape is not None:
+        return True
+    values = list(args) + list(kwargs.values())
+    return any(isinstance(value, Tensor) and value.requires_grad for value in values)
 
 
 def _keyword_signature(kwargs) -> tuple:

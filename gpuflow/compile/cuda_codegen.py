@@ -32,14 +32,25 @@ _BINARY = {"add": "({0} + {1})", "subtract": "({0} - {1})", "multiply": "({0} * 
 
 _UNARY = {"negative": "(-{0})", "square": "({0} * {0})", "sqrt": "sqrt({0})",
           "exp": "exp({0})", "log": "log({0})", "log1p": "log1p({0})", "tanh": "tanh({0})",
-          "sin": "sin({0})", "cos": "cos({0})", "abs": "fabs({0})",
+          "sin": "sin({0})", "cos": "cos({0})", "abs": "gf_abs({0})",
           "logical_not": "(!{0})", "identity": "{0}", "broadcast_to": "{0}",
           "sigmoid": "gf_sigmoid({0})", "softplus": "gf_softplus({0})",
           "sigmoid_partial": "gf_sigmoid_partial({0})",
-          "relu": "({0} > ({T})0 ? {0} : ({T})0)",
-          "sign": "(({T})(({0} > ({T})0) - ({0} < ({T})0)))"}
+          "relu": "(({0} != {0} || {0} > ({T})0) ? {0} : ({T})0)",
+          "sign": "({0} != {0} ? {0} : ({T})(({0} > ({T})0) - ({0} < ({T})0)))"}
 
-_HELPERS = """template <typename T> __device__ __forceinline__ T gf_sigmoid(T x) {
+# Steps whose operands keep their own C types: C compares and tests mixed types as
+# NumPy does. Every other step converts its operands to its result type first, so
+# that int64 / int64 divides as doubles and exp of an integer finds one overload.
+_OWN_TYPES = frozenset("less less_equal greater greater_equal equal not_equal logical_and "
+                       "logical_or logical_not astype".split())
+
+_HELPERS = """template <typename T> __device__ __forceinline__ T gf_abs(T x) {
+    return x < (T)0 ? -x : x;
+}
+template <> __device__ __forceinline__ float gf_abs<float>(float x) { return fabsf(x); }
+template <> __device__ __forceinline__ double gf_abs<double>(double x) { return fabs(x); }
+template <typename T> __device__ __forceinline__ T gf_sigmoid(T x) {
     const T e = exp(-fabs(x));
     const T r = (T)1 / ((T)1 + e);
     return x >= (T)0 ? r : e * r;
@@ -100,6 +111,15 @@ def _expression(step, operands, c_type) -> str:
     return _UNARY[name].format(operands[0], T=c_type)
 
 
+def _converted(name: str, dtype, c_type: str, step, position: int) -> str:
+    """Return operand ``name`` converted to ``c_type`` where the step computes in that type."""
+    if step.name in _OWN_TYPES or (step.name == "where" and position == 0):
+        return name
+    if _c_type(dtype) == c_type:
+        return name
+    return f"(({c_type}){name})"
+
+
 def region_source(plan: Plan, region: Region, index: int) -> tuple[str, list]:
     """Return the kernel source of ``region`` and its parameters, in launch order.
 
@@ -128,7 +148,8 @@ def region_source(plan: Plan, region: Region, index: int) -> tuple[str, list]:
             source = region.reductions[step.output]
             reductions.append((step, source, c_type))
             continue
-        operands = [names[slot] for slot in step.inputs]
+        operands = [_converted(names[slot], info[slot][1], c_type, step, position)
+                    for position, slot in enumerate(step.inputs)]
         lines.append(f"        const {c_type} v{step.output} = "
                      f"{_expression(step, operands, c_type)};")
         names[step.output] = f"v{step.output}"
@@ -198,7 +219,10 @@ def generated_cuda_source(plan: Plan) -> str:
     parts = [_HELPERS]
     for index, region in enumerate(plan.regions):
         if region.fused:
-            parts.append(region_source(plan, region, index)[0])
+            try:
+                parts.append(region_source(plan, region, index)[0])
+            except TypeError as error:
+                parts.append(f"// region {index} runs step by step: {error}\n")
     return "\n".join(parts)
 
 
@@ -213,14 +237,18 @@ class CupyProgram:
         self.plan = plan
         self.cupy = cupy
         self.info = plan.all_info()
-        source = generated_cuda_source(plan)
         self.kernels = {}
         self.parameters = {}
         for index, region in enumerate(plan.regions):
-            if region.fused:
-                self.kernels[index] = cupy.RawKernel(source, kernel_name(index),
-                                                     options=("--std=c++14",))
-                self.parameters[index] = region_source(plan, region, index)[1]
+            if not region.fused:
+                continue
+            try:
+                source, parameters = region_source(plan, region, index)
+            except TypeError:
+                continue  # a dtype without a C type here (float16, int8): run step by step
+            self.kernels[index] = cupy.RawKernel(_HELPERS + "\n" + source, kernel_name(index),
+                                                 options=("--std=c++14",))
+            self.parameters[index] = parameters
 
     def __call__(self, arrays):
         cupy = self.cupy
@@ -229,7 +257,7 @@ class CupyProgram:
         for plan_input, array in zip(plan.inputs, arrays):
             values[plan_input.slot] = array
         for index, region in enumerate(plan.regions):
-            if not region.fused:
+            if index not in self.kernels:
                 for step in region.steps:
                     inputs = [values[slot] for slot in step.inputs]
                     values[step.output] = step.op.forward(plan.backend, *inputs, **step.params)

@@ -83,6 +83,8 @@ def _power_kernel(step):
 
 
 def _where_kernel(out, scratch, condition, x1, x2):
+    if condition.dtype != bool:
+        condition = condition.astype(bool)  # nonzero is true, as in numpy.where
     numpy.copyto(out, x2)
     numpy.copyto(out, x1, where=condition)
 
@@ -184,7 +186,9 @@ def _may_alias(step) -> bool:
         return step.params.get("axis") == ()
     if step.name in _FRESH_RESULTS:
         return False
-    return not (step.op.elementwise and step.name not in ("identity", "astype"))
+    # Built-in elementwise operations make new arrays; a user's may return its input.
+    builtin = step.op.symbolic_ones
+    return not (builtin and step.op.elementwise and step.name not in ("identity", "astype"))
 
 
 def _last_uses(units, outputs, forever) -> dict:
@@ -223,7 +227,14 @@ class _StepUnit:
         step = self.step
         inputs = [values[slot] for slot in step.inputs]
         if self.kernel is None:
-            values[step.output] = step.op.forward(backend, *inputs, **step.params)
+            result = step.op.forward(backend, *inputs, **step.params)
+            if tuple(result.shape) != tuple(step.shape):
+                raise ValueError(
+                    f"compile: operation {step.name} returned shape {tuple(result.shape)}, "
+                    f"but the trace gave {tuple(step.shape)}; its result's shape depends on "
+                    "the values, so use gpuflow.value_and_grad for this function"
+                )
+            values[step.output] = result
             return
         if self.buffer is None:
             out = numpy.empty(step.shape, step.dtype)
@@ -450,7 +461,8 @@ class NumpyProgram:
                         unit.buffer = owner[step.output] = pool.take(step.shape, step.dtype)
                     for number in unit.scratch:
                         pool.give(number)
-                elif step.output in returned and step.name in _FRESH_RESULTS:
+                elif (step.output in returned and step.name in _FRESH_RESULTS
+                      and not _may_alias(step)):
                     self.fresh.add(step.output)  # its forward made a new array this call
             else:
                 # Blocks interleave reads and writes, so outputs never take a dying input's buffer.

@@ -66,7 +66,19 @@ def eliminate_dead_code(plan: Plan) -> Plan:
 
 
 def _params_key(params: dict) -> tuple:
-    return tuple(sorted((key, repr(value)) for key, value in params.items()))
+    return tuple(sorted((key, _parameter_key(value)) for key, value in params.items()))
+
+
+def _parameter_key(value):
+    """Return a key equal for equal parameters; an array is equal only to itself.
+
+    NumPy prints large arrays with "...", so their repr cannot tell them apart.
+    """
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, tuple(_parameter_key(item) for item in value))
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return ("array", id(value))
+    return repr(value)
 
 
 def _constant_key(backend, array):
@@ -146,7 +158,8 @@ def _simplify(step: Step, constants: dict, info: dict, backend):
         if info[inputs[0]] == (step.shape, step.dtype):
             return inputs[0]
         return None
-    if name == "sum" and not step.params.get("axis", True) and info[inputs[0]][0] == step.shape:
+    if name == "sum" and not step.params.get("axis", True) and info[inputs[0]] == (step.shape,
+                                                                                step.dtype):
         return inputs[0]
     # x + (-0.0) and x - 0.0 are x for every x, but x + 0.0 turns -0.0 into 0.0.
     neutral = {"multiply": (1.0, (0, 1)), "divide": (1.0, (1,)), "add": (-0.0, (0, 1)),
