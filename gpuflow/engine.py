@@ -94,7 +94,12 @@ def run_backward(
         if seed is None and create_graph and state.capture:
             # A broadcast of one 1: a compiled plan reads one number, not a batch of ones.
             one = backend.ones((), dtype=data.dtype)
-            seed = Tensor._wrap(backend.broadcast_to(one, data.shape), backend)
+            ones = backend.broadcast_to(one, data.shape)
+            if state.placeholders:
+                from gpuflow.compile.placeholder import Placeholder
+
+                ones = Placeholder(ones, known=True)  # traced like the arguments
+            seed = Tensor._wrap(ones, backend)
         elif seed is None and create_graph:
             seed = Tensor._wrap(backend.ones(data.shape, dtype=data.dtype), backend)
         elif seed is None:

@@ -394,7 +394,7 @@ def to_dot(graph, path_to: str | None = None, values: bool = True) -> str:
 
     ``values`` shows the traced values and local partial derivatives on the
     edges, when the graph has them (graphs from ``gpuflow.trace`` do, and
-    those that ``gpuflow.compile`` traced on placeholders do not). With
+    those of ``gpuflow.compile`` do not). With
     ``path_to``, the name of an input, every path from the output back to that
     input is highlighted and a caption gives the gradient as the sum over those
     paths of the products of the partials. Raises ValueError when ``path_to``

@@ -935,3 +935,71 @@ def test_cuda_float16_region_runs_step_by_step():
     source = _region_source_of(lambda t: gf.sum(gf.exp(t) * 2.0),
                                [np.ones(4, dtype=np.float16)])
     assert "runs step by step" in source
+
+
+@pytest.mark.parametrize(
+    "values, exponent",
+    [
+        (np.array([200, 16, 255], dtype=np.uint8), 2.0),
+        (np.array([100_000, 3], dtype=np.int32), 2.0),
+        (np.array([1e20, 1.1], dtype=np.float32), np.float64(2.0)),
+    ],
+    ids=["uint8", "int32", "float32"],
+)
+def test_power_computes_in_the_result_dtype(values, exponent):
+    function = lambda w, k: gf.sum(w * k**exponent)  # noqa: E731
+    weights = np.ones(len(values))
+    value, gradient = gf.compile(function)(weights, values)
+    expected_value, expected_gradient = gf.value_and_grad(function)(weights, values)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-12)
+    np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-12)
+
+
+def test_cache_keeps_no_traced_arrays():
+    import gc
+    import tracemalloc
+
+    x, y = np.linspace(-1.0, 1.0, 200_000), np.linspace(0.0, 2.0, 200_000)
+    compiled = gf.compile(lambda s, t: gf.sum(gf.where(s > 0.0, s * t, t)), (0, 1))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        result = compiled(x, y)
+        del result
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    program = compiled.cache[next(iter(compiled.cache))][2]
+    # Each traced array of the batch would be 1.6 MB; the block buffers stay.
+    assert retained < program.pool_bytes() + 1_000_000, (retained, program.pool_bytes())
+    assert compiled.graph.tensors == {}
+
+
+def test_full_reductions_return_arrays():
+    value, gradient = gf.compile(lambda w: gf.matmul(w, w))(np.arange(3.0))
+    assert isinstance(value, np.ndarray)
+    assert value.shape == ()
+    value[...] = 1.0  # writable, as eager's is
+    np.testing.assert_allclose(gradient, [0.0, 2.0, 4.0])
+
+
+def test_masked_array_argument_raises():
+    masked = np.ma.array([1.0, 2.0, 3.0], mask=[False, True, False])
+    with pytest.raises(TypeError, match="argument 0 is a masked array"):
+        gf.compile(lambda t: gf.sum(t))(masked)
+
+
+@pytest.mark.parametrize("axis, keepdims", [((0, 2), False), ((1,), True), ((0, 1, 2), False)])
+def test_traced_reductions_visit_one_element_per_result(axis, keepdims):
+    from gpuflow.compile import placeholder
+    from gpuflow.ops.reduce import _sum
+
+    template = np.zeros((40, 50, 60))
+    traced = placeholder.placeholder_like(template)
+    assert placeholder._shrink_reduced_axes(traced.array, set(axis)).shape == tuple(
+        1 if position in axis else extent for position, extent in enumerate(template.shape)
+    )
+    out = placeholder.forward(_sum, NUMPY, [traced], {"axis": axis, "keepdims": keepdims})
+    assert out.shape == np.sum(template, axis=axis, keepdims=keepdims).shape
+

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import textwrap
+import threading
 
 from gpuflow import backends
 from gpuflow.api import _argument_names, _check_differentiable, _choose_backend, _normalize_argnums
@@ -84,6 +85,7 @@ class CompiledFunction:
         self.backend_spec = backend
         self.single = hasattr(argnums, "__index__") and not isinstance(argnums, bool)
         self.cache = {}
+        self._trace_lock = threading.Lock()
         self.traces = 0
         self.graph = None
         self.plan = None
@@ -110,6 +112,12 @@ class CompiledFunction:
         for position, value in enumerate(args):
             if isinstance(value, Tensor):
                 value = value.data
+            if getattr(value, "mask", None) is not None and hasattr(value, "filled"):
+                raise TypeError(
+                    f"compile: argument {position} is a masked array, whose mask a plan "
+                    "would ignore; pass value.filled(fill_value), or use "
+                    "gpuflow.value_and_grad"
+                )
             if (position not in numbers and isinstance(value, _NUMBER_TYPES)
                     and type(value) not in (int, float, complex, bool)):
                 # NumPy's float64 is a float: a number, as value_and_grad treats it.
@@ -131,15 +139,23 @@ class CompiledFunction:
         key = self._signature(arrays, numbers, backend) + _keyword_signature(kwargs)
         found = self.cache.get(key)
         if found is None:
-            from gpuflow.compile.plan import trace_plan
-
-            names = _argument_names(self.function, len(args))
-            plan, graph = trace_plan(self.function, arrays, numbers, names, backend, kwargs)
-            plan = optimize(plan)
-            found = self.cache[key] = (plan, graph, _program_for(plan))
-            self.traces += 1
+            with self._trace_lock:  # threads with a new signature trace it once
+                found = self.cache.get(key)
+                if found is None:
+                    found = self.cache[key] = self._trace(arrays, numbers, backend, kwargs)
+                    self.traces += 1
         self.plan, self.graph = found[0], found[1]
         return found, arrays
+
+    def _trace(self, arrays, numbers, backend, kwargs) -> tuple:
+        from gpuflow.compile.plan import trace_plan
+
+        names = _argument_names(self.function, len(arrays))
+        plan, graph = trace_plan(self.function, arrays, numbers, names, backend, kwargs)
+        # The traced Tensors would keep their arrays alive as long as the cache.
+        graph.tensors = {}
+        plan = optimize(plan)
+        return plan, graph, _program_for(plan)
 
     def __call__(self, *args, **kwargs):
         if _runs_eagerly(args, kwargs):

@@ -72,11 +72,13 @@ def _ufunc_kernel(ufunc):
 def _power_kernel(step):
     if "exponent" in step.params:
         exponent = step.params["exponent"]
-        if exponent == 2:
-            return _ufunc_kernel(numpy.square)
 
         def run(out, scratch, x):
-            numpy.power(x, exponent, out=out)
+            if exponent == 2 and x.dtype == out.dtype:
+                numpy.square(x, out=out)
+            else:
+                # The result's dtype, as in eager: uint8 ** 2.0 is computed in float64.
+                numpy.power(x, exponent, out=out, dtype=out.dtype)
 
         return run
     return _ufunc_kernel(numpy.power)
@@ -175,8 +177,8 @@ def _size(shape) -> int:
 
 
 # Operations whose forward function always returns a new array, never a view of an input.
-_FRESH_RESULTS = frozenset({"mean", "max", "min", "logsumexp", "norm", "matmul",
-                            "concatenate", "stack", "multiply_add"})
+_FRESH_RESULTS = frozenset({"sum", "mean", "max", "min", "logsumexp", "norm", "matmul",
+                            "concatenate", "stack", "multiply_add", "index_add"})
 
 
 def _may_alias(step) -> bool:
@@ -549,7 +551,7 @@ def _returned_arrays(plan, values, fresh) -> list:
     results, handed = [], set()
     for slot in plan.outputs:
         array = values[slot]
-        if slot not in fresh or slot in handed:
+        if slot not in fresh or slot in handed or not isinstance(array, numpy.ndarray):
             array = numpy.array(array, copy=True)
         handed.add(slot)
         results.append(array)

@@ -360,6 +360,7 @@ def rewrite_sigmoid_partial(plan: Plan) -> Plan:
     so the plan no longer computes ``-x`` and a second sigmoid.
     """
     producers = plan.producers()
+    info = plan.all_info()
 
     def sigmoid_input(slot):
         step = producers.get(slot)
@@ -376,7 +377,7 @@ def rewrite_sigmoid_partial(plan: Plan) -> Plan:
                     and negated is not None
                     and negated.name == "negative"
                     and negated.inputs[0] == inputs[first]
-                    and plan.info(inputs[first]) == (step.shape, step.dtype)
+                    and info[inputs[first]] == (step.shape, step.dtype)
                 ):
                     step = Step(sigmoid_partial_op, (inputs[first],), {}, step.output,
                                 step.shape, step.dtype)

@@ -42,11 +42,13 @@ class Placeholder:
     every other way of reading it reach a method below that raises.
     """
 
-    __slots__ = ("array",)
+    __slots__ = ("array", "known")
     is_placeholder = True
 
-    def __init__(self, array):
+    def __init__(self, array, known: bool = False):
         self.array = array
+        # True for the backward pass's seed of ones, whose values are real.
+        self.known = known
 
     @property
     def shape(self):
@@ -180,11 +182,43 @@ def _matmul_placeholder(a, b):
     return numpy.broadcast_to(element, shape)
 
 
+# Operations whose result has their input's shape and depends on it elementwise.
+_LIKE = frozenset({"zeros_like", "ones_like"})
+
+# Reductions, whose parameter ``axis`` is a tuple of the reduced axes.
+_REDUCTIONS = frozenset({"sum", "mean", "max", "min", "logsumexp", "norm"})
+
+
+def _shrink_reduced_axes(array, axes):
+    """Return a one-value ``array`` with each reduced axis cut to one element.
+
+    The reduction then has the same result shape, while visiting only as many
+    elements as it returns.
+    """
+    index = tuple(slice(0, 1) if axis in axes and extent > 1 else slice(None)
+                  for axis, extent in enumerate(array.shape))
+    return array[index]
+
+
+def _one_value(array):
+    """Return a zero-stride array of ``array``'s shape and dtype, holding its first element."""
+    if array.size <= 1 or not any(array.strides):
+        return array
+    return numpy.broadcast_to(array[(0,) * array.ndim + (Ellipsis,)].copy(), array.shape)
+
+
 def forward(op, backend, arrays, params):
     """Run ``op`` during a placeholder trace; return a Placeholder of the result's shape."""
     traced = any(type(array) is Placeholder for array in arrays)
     plain = [array.array if type(array) is Placeholder else array for array in arrays]
-    if op.elementwise and all(_single_value(array) for array in plain):
+    single = all(_single_value(array) for array in plain)
+    if op.name in _LIKE and single:
+        out = numpy.broadcast_to(op.forward(backend, plain[0][(0,) * plain[0].ndim + (Ellipsis,)],
+                                            **params), plain[0].shape)
+    elif op.name in _REDUCTIONS and traced and single and plain[0].ndim:
+        shrunk = _shrink_reduced_axes(plain[0], set(params.get("axis") or ()))
+        out = op.forward(backend, shrunk, *plain[1:], **params)
+    elif op.elementwise and single:
         shape = numpy.broadcast_shapes(*[array.shape for array in plain])
         elements = [array[(0,) * array.ndim + (Ellipsis,)] for array in plain]
         out = op.forward(backend, *elements, **params)
@@ -206,5 +240,6 @@ def forward(op, backend, arrays, params):
     if traced and isinstance(out, numpy.generic):
         out = numpy.asarray(out)  # full reductions return NumPy scalars
     if traced and isinstance(out, numpy.ndarray):
-        out = Placeholder(out)
+        # Only the shape and dtype matter, and one value keeps later steps cheap.
+        out = Placeholder(_one_value(out))
     return out

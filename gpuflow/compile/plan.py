@@ -203,7 +203,14 @@ def _plan_from_tensors(roots, output_names, leaves, labels, backend) -> Plan:
         counter += 1
         node = tensor.node
         if node is None:
-            constants[slot] = tensor.data
+            data = tensor.data
+            if getattr(data, "is_placeholder", False):
+                if not data.known:
+                    from gpuflow.compile.placeholder import _reject
+
+                    _reject("a Tensor made from a traced array's data")
+                data = data.array  # the seed of ones
+            constants[slot] = data
             slot_info[slot] = (tensor.shape, tensor.dtype)
             continue
         steps.append(
