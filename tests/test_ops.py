@@ -340,3 +340,21 @@ def test_clip_crossed_bounds_give_upper_bound(bk):
     np.testing.assert_array_equal(bk.numpy(grads[0]), [0.0, 0.0])
     assert bk.numpy(grads[1]) == 0.0
     assert bk.numpy(grads[2]) == 2.0
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "int32", "uint64", "bool"])
+@pytest.mark.parametrize("name", ["sigmoid", "softplus"])
+def test_integer_inputs_take_numpy_float_dtype(name, dtype):
+    # -|x| wraps around for unsigned integers and the most negative signed one, so the
+    # stable formulas run on the float dtype that NumPy's exp gives the integer dtype.
+    info = np.iinfo(dtype) if dtype != "bool" else None
+    values = [0, 1, 5] if info is None or info.min == 0 else [info.min, -3, 0, 5]
+    x = np.array(values, dtype=dtype) if dtype != "bool" else np.array([True, False])
+    result = getattr(gf, name)(x).data
+    wide = x.astype(np.float64)
+    with np.errstate(over="ignore"):  # exp(2**31) is inf, and 1 / (1 + inf) is 0
+        expected = 1 / (1 + np.exp(-wide)) if name == "sigmoid" else np.logaddexp(0.0, wide)
+    assert result.dtype == np.result_type(x.dtype, np.float16)
+    half = result.dtype == np.float16
+    np.testing.assert_allclose(result.astype(np.float64), expected,
+                               rtol=1e-3 if half else 1e-12, atol=1e-4 if half else 0.0)

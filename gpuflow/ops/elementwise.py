@@ -230,9 +230,23 @@ _sigmoid = _elementwise(
 )
 
 
+def _as_floating(x):
+    """Return integer or boolean ``x`` cast to the float dtype NumPy's exp gives it.
+
+    The stable formulas below negate ``|x|``, which wraps around for unsigned
+    integers and for the most negative signed one.
+    """
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or getattr(dtype, "kind", "f") not in "biu":
+        return x
+    import numpy
+
+    return astype(x, numpy.result_type(dtype, numpy.float16).name)
+
+
 def sigmoid(x):
     """Return the logistic function ``1 / (1 + exp(-x))``, without overflow for any x."""
-    return _sigmoid(x)
+    return _sigmoid(_as_floating(x))
 
 
 def _tanh_partial(xp, x):
@@ -281,7 +295,7 @@ _softplus = _elementwise(
 
 def softplus(x):
     """Return ``log(1 + exp(x))`` elementwise, without overflow; its gradient is sigmoid(x)."""
-    return _softplus(x)
+    return _softplus(_as_floating(x))
 
 
 _relu = _elementwise(
