@@ -904,7 +904,7 @@ def test_integer_argnums_give_one_gradient():
 
 def test_value_dependent_shape_raises():
     positive = gf.define_op("positive", lambda xp, x: x[x > 0], lambda g, out, x: (g,))
-    with pytest.raises(ValueError, match="operation positive returned shape"):
+    with pytest.raises(ValueError, match="operation user:positive returned shape"):
         gf.compile(lambda t: gf.sum(positive(t)))(np.array([1.0, -1.0, 2.0]))
 
 
@@ -1003,3 +1003,54 @@ def test_traced_reductions_visit_one_element_per_result(axis, keepdims):
     out = placeholder.forward(_sum, NUMPY, [traced], {"axis": axis, "keepdims": keepdims})
     assert out.shape == np.sum(template, axis=axis, keepdims=keepdims).shape
 
+
+
+# Operations that need realistic values, and user operations with built-in names.
+
+
+def test_operations_that_fail_on_placeholders_trace_on_the_values():
+    inverse = gf.define_op(
+        "inverse", lambda xp, a: np.linalg.inv(a),
+        lambda g, out, a: (-gf.matmul(gf.matrix_transpose(out),
+                                      gf.matmul(g, gf.matrix_transpose(out))),),
+    )
+    function = lambda t: gf.sum(inverse(t + 3.0 * np.eye(3)))  # noqa: E731
+    compiled = gf.compile(function)
+    for scale in (0.1, 0.2):
+        x = np.random.default_rng(15).normal(size=(3, 3)) * scale
+        value, gradient = compiled(x)
+        expected_value, expected_gradient = gf.value_and_grad(function)(x)
+        np.testing.assert_allclose(value, expected_value, rtol=1e-12)
+        np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-12)
+
+
+def test_integer_power_with_a_traced_exponent():
+    function = lambda t, n: gf.sum(t * gf.astype(n ** (gf.sum(n) - 2), "float64"))  # noqa: E731
+    x, n = np.ones(3), np.array([3, 4, 5])
+    value, gradient = gf.compile(function)(x, n)
+    np.testing.assert_allclose(value, np.sum(n.astype(float) ** 10))
+    np.testing.assert_allclose(gradient, n.astype(float) ** 10)
+
+
+def test_reading_values_still_raises_on_the_second_trace():
+    inverse = gf.define_op("inverse", lambda xp, a: np.linalg.inv(a), None)
+    function = lambda t: gf.sum(inverse(t + 3.0 * np.eye(2))) * float(t.detach().data[0, 0])  # noqa: E731,E501
+    with pytest.raises(TypeError, match="placeholders that hold no values"):
+        gf.compile(function)(np.eye(2))
+
+
+def test_user_operations_named_like_builtins():
+    tail = gf.define_op("sum", lambda xp, x: x[1:],
+                        lambda g, out, x: (gf.concatenate([gf.zeros_like(x[:1]), g]),))
+    compiled = gf.compile(lambda t: tail(t * 2.0))
+    first, _ = compiled(np.arange(4.0))
+    compiled(np.arange(4.0) + 100.0)
+    np.testing.assert_array_equal(first, [2.0, 4.0, 6.0])
+    assert "user:sum" in str(compiled.plan)
+
+    total = gf.define_op("sum", lambda xp, x, axis: np.sum(x, axis=axis),
+                         lambda g, out, x, axis: (gf.expand_dims(g, axis) + 0.0 * x,))
+    _check_compiled(lambda t: gf.sum(total(t, axis=-1) ** 2), [np.ones((3, 4))])
+
+    pairwise = gf.define_op("matmul", lambda xp, a, b: a * b, lambda g, out, a, b: (g * b, g * a))
+    _check_compiled(lambda s, t: gf.sum(pairwise(s, t)), [np.ones((2, 3)), np.arange(3.0)])

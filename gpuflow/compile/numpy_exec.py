@@ -189,7 +189,7 @@ def _may_alias(step) -> bool:
     if step.name in _FRESH_RESULTS:
         return False
     # Built-in elementwise operations make new arrays; a user's may return its input.
-    builtin = step.op.symbolic_ones
+    builtin = step.op.builtin
     return not (builtin and step.op.elementwise and step.name not in ("identity", "astype"))
 
 

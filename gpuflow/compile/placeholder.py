@@ -20,13 +20,19 @@ from __future__ import annotations
 
 import numpy
 
+from gpuflow.tensor import state
+
 # The value of every element of a floating-point placeholder argument. Any
 # value works, and 0.5 is inside the domain of log, sqrt, arcsin and arccos.
 _FLOAT_FILL = 0.5
 
 
+class PlaceholderReadError(TypeError):
+    """Raised when code reads the values of a traced array during ``gpuflow.compile``."""
+
+
 def _reject(usage: str):
-    raise TypeError(
+    raise PlaceholderReadError(
         f"compile: {usage} needs the values of a traced array, but gpuflow.compile traces "
         "f on placeholders that hold no values; compute with gpuflow operations (gf.exp, "
         "gf.sum, ...) on the Tensors f receives, or use gpuflow.value_and_grad for code "
@@ -207,15 +213,32 @@ def _one_value(array):
     return numpy.broadcast_to(array[(0,) * array.ndim + (Ellipsis,)].copy(), array.shape)
 
 
+def _not_elementwise(op, got, expected):
+    raise ValueError(
+        f"{op.name}: the operation is defined as elementwise, but its forward returned "
+        f"shape {got} where its inputs give {expected}; define it without elementwise=True"
+    )
+
+
 def forward(op, backend, arrays, params):
     """Run ``op`` during a placeholder trace; return a Placeholder of the result's shape."""
     traced = any(type(array) is Placeholder for array in arrays)
     plain = [array.array if type(array) is Placeholder else array for array in arrays]
+    if state.placeholders == "values":
+        # Placeholders around the real arrays: compute as usual, and keep the values.
+        out = op.forward(backend, *plain, **params)
+        if op.elementwise and isinstance(out, (numpy.ndarray, numpy.generic)):
+            shape = numpy.broadcast_shapes(*[numpy.shape(array) for array in plain])
+            if numpy.shape(out) != shape:
+                _not_elementwise(op, numpy.shape(out), shape)
+        if traced and isinstance(out, numpy.generic):
+            out = numpy.asarray(out)
+        return Placeholder(out) if traced and isinstance(out, numpy.ndarray) else out
     single = all(_single_value(array) for array in plain)
-    if op.name in _LIKE and single:
+    if op.builtin and op.name in _LIKE and single:
         out = numpy.broadcast_to(op.forward(backend, plain[0][(0,) * plain[0].ndim + (Ellipsis,)],
                                             **params), plain[0].shape)
-    elif op.name in _REDUCTIONS and traced and single and plain[0].ndim:
+    elif op.builtin and op.name in _REDUCTIONS and traced and single and plain[0].ndim:
         shrunk = _shrink_reduced_axes(plain[0], set(params.get("axis") or ()))
         out = op.forward(backend, shrunk, *plain[1:], **params)
     elif op.elementwise and single:
@@ -227,12 +250,8 @@ def forward(op, backend, arrays, params):
         try:
             out = numpy.broadcast_to(out, shape)
         except ValueError:
-            raise ValueError(
-                f"{op.name}: the operation is defined as elementwise, but for inputs of one "
-                f"element its forward returned shape {numpy.shape(out)}, not one element; "
-                "define it without elementwise=True"
-            ) from None
-    elif op.name == "matmul" and traced:
+            _not_elementwise(op, numpy.shape(out), "one element")
+    elif op.builtin and op.name == "matmul" and traced:
         # Without real strides NumPy multiplies in a slow loop, and only the shape matters.
         out = _matmul_placeholder(*plain)
     else:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import numpy
+
 from gpuflow.engine import run_backward
 from gpuflow.graph import _dtype_name, topological_order
 from gpuflow.passes.fusion import fusion_disabled
@@ -30,7 +32,12 @@ class Step:
 
     @property
     def name(self) -> str:
-        return self.op.name
+        """Return the operation's name, prefixed with ``user:`` for an operation of define_op.
+
+        Passes and executors recognize built-in operations by name, so a user's
+        operation that shares a built-in's name must not be taken for it.
+        """
+        return self.op.name if self.op.builtin else f"user:{self.op.name}"
 
     def with_inputs(self, inputs) -> Step:
         return dataclasses.replace(self, inputs=tuple(inputs))
@@ -136,20 +143,39 @@ def trace_plan(f, args, numbers, names, backend, kwargs=None):
     gradient), and other arguments are passed to ``f`` unchanged. The backward
     pass runs with ``create_graph=True``, so its operations are recorded as
     ordinary nodes. Return the Plan and the printable Graph of every node.
+
+    On NumPy the trace runs on placeholders of one value each (see
+    gpuflow.compile.placeholder). An operation that fails on such values (the
+    inverse of a matrix of equal entries, an integer raised to a negative
+    power) makes the trace run again on placeholders that wrap the real
+    arrays, which still raise when ``f`` reads them.
     """
-    from gpuflow.compile.placeholder import placeholder_like
+    from gpuflow.compile.placeholder import PlaceholderReadError
+
+    if backend.name != "numpy":
+        return _trace(f, args, numbers, names, backend, kwargs, None)
+    try:
+        return _trace(f, args, numbers, names, backend, kwargs, "shapes")
+    except (PlaceholderReadError, MemoryError):
+        raise
+    except Exception:  # noqa: BLE001 - any failure may come from the placeholder values
+        return _trace(f, args, numbers, names, backend, kwargs, "values")
+
+
+def _trace(f, args, numbers, names, backend, kwargs, placeholders):
+    """Trace once; ``placeholders`` is None (real arrays), "shapes" or "values"."""
+    from gpuflow.compile.placeholder import Placeholder, placeholder_like
     from gpuflow.graph import Graph
 
-    # On NumPy the trace runs on placeholders (see gpuflow.compile.placeholder), except
-    # in anomaly mode, which checks the values as operations run.
-    placeholders = backend.name == "numpy" and not state.anomaly
     call_args, leaves, labels = [], [], {}
     for position, value in enumerate(args):
         if not backend.is_array(value):
             call_args.append(value)
             continue
-        if placeholders:
+        if placeholders == "shapes":
             value = placeholder_like(value)
+        elif placeholders == "values":
+            value = Placeholder(numpy.asarray(value))
         tensor = Tensor._wrap(value, backend, requires_grad=position in numbers)
         labels[id(tensor)] = names[position]
         leaves.append((position, tensor))
@@ -157,7 +183,7 @@ def trace_plan(f, args, numbers, names, backend, kwargs=None):
     targets = [call_args[number] for number in numbers]
 
     previous = state.capture, state.tape, state.placeholders
-    state.capture, state.tape, state.placeholders = True, None, placeholders
+    state.capture, state.tape, state.placeholders = True, None, placeholders or False
     try:
         with fusion_disabled(), enable_grad(), backend.errstate():
             out = f(*call_args, **(kwargs or {}))

@@ -54,6 +54,7 @@ class Operation:
         keeps_ones: bool = False,
         promotes=None,
         symbolic_ones: bool = False,
+        builtin: bool = False,
     ):
         if not name or not isinstance(name, str):
             raise ValueError(f"an operation needs a non-empty string name, got {name!r}")
@@ -82,6 +83,8 @@ class Operation:
         # Whether the rules accept the symbolic Ones gradient (gpuflow.tensor.Ones).
         # Built-in rules do; user rules get a real array.
         self.symbolic_ones = symbolic_ones
+        # gpuflow's own operations; passes and executors match these by name only.
+        self.builtin = builtin
         # Input positions cast to a common dtype first: True for all, None for none.
         if promotes is None and elementwise:
             promotes = True
@@ -114,7 +117,7 @@ def define_op(name, forward, vjp=None, **options) -> Operation:
 
 def builtin_op(name, forward, vjp=None, **options) -> Operation:
     """Define a built-in operation, whose rules accept the symbolic Ones gradient."""
-    return Operation(name, forward, vjp, symbolic_ones=True, **options)
+    return Operation(name, forward, vjp, symbolic_ones=True, builtin=True, **options)
 
 
 def broadcast_shapes(name: str, shapes) -> tuple:
