@@ -5,7 +5,9 @@ Run with
 Each benchmark stores in extra_info the peak memory of one call as tracemalloc
 records it (``peak_bytes``), the bytes of the inputs and outputs, and for the
 compiled version the bytes of its reused buffers (``pool_bytes``), which stay
-allocated between calls and are added to ``peak_with_pool_bytes``.
+allocated between calls and are added to ``peak_with_pool_bytes``. The
+"first call" groups compile afresh in every round, and the "command" group
+runs a whole ``gpuflow grad`` command in the process, compiled and eager.
 """
 
 from __future__ import annotations
@@ -242,3 +244,39 @@ def test_root_first_call_eager(benchmark, coefficients):
 def test_root_first_call_compiled(benchmark, coefficients):
     value, grads = run(benchmark, _first_call(root, (0, 1, 2)), *coefficients)
     np.testing.assert_allclose(value, root_out(*coefficients)[0], rtol=1e-4)
+
+
+# The command on one batch: `gpuflow grad` compiles by default on NumPy, and
+# --no-compile evaluates eagerly. Each round is one whole command, trace included,
+# with its printed output discarded.
+
+COMMAND = ["grad", "a*x**2 + b*x + c", "a=2", "b=1", "c=4", "--random", "x=3000000"]
+
+
+def _command(*extra):
+    import contextlib
+    import io
+
+    from gpuflow.cli.main import main
+
+    def call():
+        with contextlib.redirect_stdout(io.StringIO()):
+            status = main([*COMMAND, *extra])
+        assert status == 0
+        return status
+
+    return call
+
+
+@pytest.mark.benchmark(group="compile: command, quadratic x=3000000")
+def test_command_first_call_eager(benchmark):
+    call = _command("--no-compile")
+    benchmark.extra_info["peak_bytes"] = _peak_bytes(call)[0]
+    benchmark(call)
+
+
+@pytest.mark.benchmark(group="compile: command, quadratic x=3000000")
+def test_command_first_call_compiled(benchmark):
+    call = _command()
+    benchmark.extra_info["peak_bytes"] = _peak_bytes(call)[0]
+    benchmark(call)

@@ -93,8 +93,8 @@ def run_backward(
         data = root.data
         if seed is None and create_graph and state.capture:
             # A broadcast of one 1: a compiled plan reads one number, not a batch of ones.
-            one = backend.ones((), dtype=data.dtype)
-            ones = backend.broadcast_to(one, data.shape)
+            seed_element = backend.ones((), dtype=data.dtype)
+            ones = backend.broadcast_to(seed_element, data.shape)
             if state.placeholders:
                 from gpuflow.compile.placeholder import Placeholder
 

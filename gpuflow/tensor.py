@@ -222,8 +222,8 @@ class Tensor:
     def __repr__(self) -> str:
         flags = ", requires_grad=True" if self.requires_grad else ""
         data = self.data
-        shown = data if getattr(data, "is_placeholder", False) else self.backend.to_numpy(data)
-        return f"Tensor({shown!r}{flags}, backend={self.backend.name!r})"
+        printed = data if getattr(data, "is_placeholder", False) else self.backend.to_numpy(data)
+        return f"Tensor({printed!r}{flags}, backend={self.backend.name!r})"
 
     def __hash__(self) -> int:
         return id(self)

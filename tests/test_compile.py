@@ -523,7 +523,8 @@ def test_region_output_feeds_a_later_step(small_blocks):
 def test_float32_block_sums_use_float64(small_blocks):
     x = np.full(1001, 0.1, dtype=np.float32)
     value, gradient = gf.compile(lambda t: gf.sum(t * 3.0))(x)
-    assert value.dtype == np.float32 and value.shape == ()
+    assert value.dtype == np.float32
+    assert value.shape == ()
     np.testing.assert_allclose(value, 3.0 * 1001 * np.float64(np.float32(0.1)), rtol=1e-7)
     np.testing.assert_array_equal(gradient, np.full(1001, 3.0, dtype=np.float32))
 
@@ -742,7 +743,7 @@ def _broadcast_of_reused_buffer(x):
                                                           np.array([0.5]))),
         (lambda x: gf.sum(gf.sin(gf.max(x, axis=0, keepdims=True))),
          (np.array([1.0, -2.0, 3.0, 0.5]),)),
-        # softplus has no out= kernel, so inside a block it sees one broadcast value.
+        # softplus has no out= kernel, so inside a block its input is one broadcast value.
         (lambda x, a: gf.sum(gf.softplus(a * gf.ones_like(x))), (np.zeros(100_000), 0.3)),
         # A broadcast of a value that lives in a reused buffer.
         (_broadcast_of_reused_buffer, (np.array([1.0, -2.0, 3.0, 0.5]),)),
@@ -1008,7 +1009,7 @@ def test_traced_reductions_visit_one_element_per_result(axis, keepdims):
 # Operations that need realistic values, and user operations with built-in names.
 
 
-def test_operations_that_fail_on_placeholders_trace_on_the_values():
+def test_placeholder_failure_retraces_on_values():
     inverse = gf.define_op(
         "inverse", lambda xp, a: np.linalg.inv(a),
         lambda g, out, a: (-gf.matmul(gf.matrix_transpose(out),

@@ -21,7 +21,7 @@ import threading
 
 import numpy
 
-from gpuflow.compile.passes import Region
+from gpuflow.compile.passes import Region, _size
 from gpuflow.compile.plan import Plan
 
 # Elements a fused region computes at a time: about 128 KiB of float32 per buffer,
@@ -169,13 +169,6 @@ class _Pool:
         return sum(_size(shape) * dtype.itemsize for shape, dtype in self.specs)
 
 
-def _size(shape) -> int:
-    count = 1
-    for extent in shape:
-        count *= extent
-    return count
-
-
 # Operations whose forward function always returns a new array, never a view of an input.
 _FRESH_RESULTS = frozenset({"sum", "mean", "max", "min", "logsumexp", "norm", "matmul",
                             "concatenate", "stack", "multiply_add", "index_add"})
@@ -210,6 +203,37 @@ def _last_uses(units, outputs, forever) -> dict:
             for slot in reads:
                 last[slot] = max(last[slot], alive)
     return last
+
+
+def _give_back(pool, owner, slots) -> None:
+    """Return the pooled buffers of ``slots`` (those that have one) to the pool."""
+    for slot in slots:
+        if slot in owner:
+            pool.give(owner.pop(slot))
+
+
+def _place_step(pool, owner, step, kernel, dying, shape, pooled) -> tuple:
+    """Give back the buffers of the values that die at ``step`` and take its own.
+
+    A kernel may write over an input that dies at its step, except the kernels
+    of ``_NO_ALIAS``, so those inputs' buffers go back before the output's is
+    taken. Scratch buffers are taken and given back at once. Return the
+    scratch buffer numbers and the output's number, which is None unless
+    ``pooled``.
+    """
+    overwrite = kernel is not None and step.name not in _NO_ALIAS
+    if overwrite:
+        _give_back(pool, owner, dying)
+    scratch, number = (), None
+    if kernel is not None:
+        scratch = tuple(pool.take(shape, dtype) for dtype in kernel[1])
+        if pooled:
+            number = owner[step.output] = pool.take(shape, step.dtype)
+        for scratch_number in scratch:
+            pool.give(scratch_number)
+    if not overwrite:
+        _give_back(pool, owner, dying)
+    return scratch, number
 
 
 class _StepUnit:
@@ -258,8 +282,7 @@ class _BlockedRegion:
     broadcast of a one-element value is that value itself inside a block.
     """
 
-    def __init__(self, region, returned, info, block):
-        self.region = region
+    def __init__(self, region, info, block):
         self.shape = tuple(region.shape)
         self.count = _size(self.shape)
         self.block = min(block, self.count)
@@ -271,7 +294,6 @@ class _BlockedRegion:
         # (step, kernel, scratch block numbers, output block number, reductions of its value)
         self.body = []
         self.whole = {}  # region output slot -> pool number, None for a fresh array
-        self.returned = returned
         produced = set()
         for step in region.steps:
             if step.output in region.reductions:
@@ -299,31 +321,17 @@ class _BlockedRegion:
     def _assign_block_buffers(self, info):
         pool = _Pool()
         body = self.body
-        units = []
-        for step in body:
-            kernel = _kernel_for(step)
-            units.append((tuple(step.inputs), (step.output,), kernel is None and _may_alias(step)))
+        kernels = [_kernel_for(step) for step in body]
+        units = [(tuple(step.inputs), (step.output,), kernel is None and _may_alias(step))
+                 for step, kernel in zip(body, kernels)]
         last = _last_uses(units, set(self.materialized), len(body))
         owner = {}
         planned = []
-        for index, step in enumerate(body):
-            kernel = _kernel_for(step)
+        for index, (step, kernel) in enumerate(zip(body, kernels)):
             dying = [slot for slot in set(step.inputs) if last.get(slot) == index]
-            if kernel is not None and step.name not in _NO_ALIAS:
-                for slot in dying:
-                    if slot in owner:
-                        pool.give(owner.pop(slot))
-                dying = []
-            scratch, number = (), None
-            if kernel is not None:
-                scratch = tuple(pool.take((self.block,), dtype) for dtype in kernel[1])
-                if step.output not in self.materialized:
-                    number = owner[step.output] = pool.take((self.block,), step.dtype)
-                for scratch_number in scratch:
-                    pool.give(scratch_number)
-            for slot in dying:
-                if slot in owner:
-                    pool.give(owner.pop(slot))
+            pooled = kernel is not None and step.output not in self.materialized
+            scratch, number = _place_step(pool, owner, step, kernel, dying, (self.block,),
+                                          pooled)
             # Sums of this step's value are taken right after it, while it is in a buffer.
             summed = tuple(position for position, (_, source) in enumerate(self.reductions)
                            if source == step.output)
@@ -433,7 +441,7 @@ class NumpyProgram:
         self.units = []
         for region in regions:
             if _BlockedRegion.fits(region, info):
-                self.units.append(_BlockedRegion(region, returned, info, block))
+                self.units.append(_BlockedRegion(region, info, block))
             else:
                 self.units.extend(_StepUnit(step) for step in region.steps)
         self._assign_buffers(returned)
@@ -450,19 +458,12 @@ class NumpyProgram:
             dying = [slot for slot in set(reads) if last.get(slot) == index]
             if isinstance(unit, _StepUnit):
                 kernel, step = unit.kernel, unit.step
-                if kernel is not None and step.name not in _NO_ALIAS:
-                    for slot in dying:
-                        if slot in owner:
-                            pool.give(owner.pop(slot))
-                    dying = []
-                if kernel is not None:
-                    unit.scratch = tuple(pool.take(step.shape, dtype) for dtype in kernel[1])
-                    if step.output in returned:
-                        self.fresh.add(step.output)
-                    else:
-                        unit.buffer = owner[step.output] = pool.take(step.shape, step.dtype)
-                    for number in unit.scratch:
-                        pool.give(number)
+                pooled = kernel is not None and step.output not in returned
+                unit.scratch, unit.buffer = _place_step(pool, owner, step, kernel, dying,
+                                                        step.shape, pooled)
+                dying = []
+                if kernel is not None and not pooled:
+                    self.fresh.add(step.output)
                 elif (step.output in returned and step.name in _FRESH_RESULTS
                       and not _may_alias(step)):
                     self.fresh.add(step.output)  # its forward made a new array this call
@@ -475,12 +476,8 @@ class NumpyProgram:
                     else:
                         unit.whole[slot] = owner[slot] = pool.take(unit.shape, unit.dtypes[slot])
                 self.fresh.update(step.output for step, _ in unit.reductions)
-            for slot in dying:
-                if slot in owner:
-                    pool.give(owner.pop(slot))
-            for slot in writes:
-                if slot in owner and last.get(slot, index) <= index:
-                    pool.give(owner.pop(slot))
+            _give_back(pool, owner, dying)
+            _give_back(pool, owner, [slot for slot in writes if last.get(slot, index) <= index])
         self.pool = pool
         # Regions run one after another, so they share one set of block buffers,
         # as many of each (shape, dtype) as the region needing the most.

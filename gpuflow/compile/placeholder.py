@@ -206,11 +206,16 @@ def _shrink_reduced_axes(array, axes):
     return array[index]
 
 
+def _first_element(array):
+    """Return the first element of a NumPy array as a 0-d array (a view)."""
+    return array[(0,) * array.ndim + (Ellipsis,)]
+
+
 def _one_value(array):
     """Return a zero-stride array of ``array``'s shape and dtype, holding its first element."""
     if array.size <= 1 or not any(array.strides):
         return array
-    return numpy.broadcast_to(array[(0,) * array.ndim + (Ellipsis,)].copy(), array.shape)
+    return numpy.broadcast_to(_first_element(array).copy(), array.shape)
 
 
 def _not_elementwise(op, got, expected):
@@ -236,14 +241,14 @@ def forward(op, backend, arrays, params):
         return Placeholder(out) if traced and isinstance(out, numpy.ndarray) else out
     single = all(_single_value(array) for array in plain)
     if op.builtin and op.name in _LIKE and single:
-        out = numpy.broadcast_to(op.forward(backend, plain[0][(0,) * plain[0].ndim + (Ellipsis,)],
-                                            **params), plain[0].shape)
+        out = numpy.broadcast_to(op.forward(backend, _first_element(plain[0]), **params),
+                                 plain[0].shape)
     elif op.builtin and op.name in _REDUCTIONS and traced and single and plain[0].ndim:
         shrunk = _shrink_reduced_axes(plain[0], set(params.get("axis") or ()))
         out = op.forward(backend, shrunk, *plain[1:], **params)
     elif op.elementwise and single:
         shape = numpy.broadcast_shapes(*[array.shape for array in plain])
-        elements = [array[(0,) * array.ndim + (Ellipsis,)] for array in plain]
+        elements = [_first_element(array) for array in plain]
         out = op.forward(backend, *elements, **params)
         if not isinstance(out, (numpy.ndarray, numpy.generic)):
             return out  # apply reports a forward that returns no array
